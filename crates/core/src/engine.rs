@@ -1,0 +1,381 @@
+//! The engine: campaigns, the dedup index and per-campaign window counters,
+//! put together behind one thread-safe value.
+//!
+//! # Concurrency
+//!
+//! There is no global lock on the hot path:
+//!
+//! * the campaign registry is a `RwLock`ed ordered map, only ever *read* while
+//!   tracking (written once per campaign creation);
+//! * the dedup index is sharded by fingerprint, each shard behind its own
+//!   mutex;
+//! * each campaign's window counter has its own mutex, so a stats read waits
+//!   at most for one batch of *its own* campaign, never for other campaigns.
+//!
+//! [`Engine::track_batch`] takes each lock once per run of the batch, not once
+//! per impression: impressions are grouped by dedup shard (keeping their
+//! order within the shard, which decides which of two copies is counted), then
+//! the counted ones are added to their campaigns' windows.
+//!
+//! Lock order is registry → dedup shard → campaign window, everywhere, so the
+//! engine cannot deadlock.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use thiserror::Error;
+
+use crate::campaign::{Campaign, CampaignId};
+use crate::dedup::{Decision, DedupIndex, DedupScope, Fingerprint};
+use crate::impression::{Impression, Rejection, TrackOutcome};
+use crate::stats::Stats;
+use crate::time::Timestamp;
+use crate::window::WindowCounter;
+
+/// How an [`Engine`] counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The dedup window.
+    pub ttl: Duration,
+    /// What counts as the same impression.
+    pub scope: DedupScope,
+    /// How far behind `now` an impression's timestamp may be when it reaches
+    /// the engine (queueing delay, late events). Dedup entries are kept for
+    /// `ttl + max_lateness`, so a late impression still finds its key.
+    pub max_lateness: Duration,
+    /// Number of dedup shards (rounded up to a power of two).
+    pub dedup_shards: usize,
+    /// Hourly buckets kept per campaign (at least 25).
+    pub history_hours: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ttl: Duration::from_secs(3600),
+            scope: DedupScope::Ad,
+            max_lateness: Duration::from_secs(30),
+            dedup_shards: 64,
+            history_hours: 7 * 24,
+        }
+    }
+}
+
+/// A campaign with this id exists already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("campaign {0} already exists")]
+pub struct CampaignExists(pub CampaignId);
+
+/// The in-memory impression counter.
+pub struct Engine {
+    config: EngineConfig,
+    campaigns: RwLock<BTreeMap<CampaignId, CampaignSlot>>,
+    dedup: DedupIndex,
+}
+
+struct CampaignSlot {
+    campaign: Arc<Campaign>,
+    windows: Mutex<WindowCounter>,
+}
+
+impl Engine {
+    /// An engine with no campaigns.
+    pub fn new(config: EngineConfig) -> Self {
+        Engine {
+            dedup: DedupIndex::new(config.ttl, config.max_lateness, config.dedup_shards),
+            campaigns: RwLock::default(),
+            config,
+        }
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Registers a campaign. Ids are chosen by the caller (a fresh UUID), so a
+    /// clash means the same campaign was submitted twice.
+    pub fn create_campaign(&self, campaign: Campaign) -> Result<Arc<Campaign>, CampaignExists> {
+        let mut campaigns = self.campaigns.write();
+        if campaigns.contains_key(&campaign.id) {
+            return Err(CampaignExists(campaign.id));
+        }
+        let campaign = Arc::new(campaign);
+        campaigns.insert(
+            campaign.id,
+            CampaignSlot {
+                campaign: Arc::clone(&campaign),
+                windows: Mutex::new(WindowCounter::new(self.config.history_hours)),
+            },
+        );
+        Ok(campaign)
+    }
+
+    /// The campaign with this id.
+    pub fn campaign(&self, id: CampaignId) -> Option<Arc<Campaign>> {
+        self.campaigns
+            .read()
+            .get(&id)
+            .map(|slot| Arc::clone(&slot.campaign))
+    }
+
+    /// Up to `limit` campaigns in id order, starting after `after`.
+    pub fn campaigns_after(&self, after: Option<CampaignId>, limit: usize) -> Vec<Arc<Campaign>> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.campaigns
+            .read()
+            .range((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, slot)| Arc::clone(&slot.campaign))
+            .collect()
+    }
+
+    /// Number of campaigns.
+    pub fn campaign_count(&self) -> usize {
+        self.campaigns.read().len()
+    }
+
+    /// Tracks one impression; see [`Engine::track_batch`].
+    pub fn track(&self, impression: &Impression, now: Timestamp) -> TrackOutcome {
+        let mut outcomes = Vec::with_capacity(1);
+        self.track_batch_into(std::slice::from_ref(impression), now, &mut outcomes);
+        outcomes[0]
+    }
+
+    /// Tracks a batch of impressions at `now`, returning one outcome per
+    /// impression, in order. Within a batch, as across batches, the first of
+    /// two copies of a key (in batch order) is the one counted.
+    pub fn track_batch(&self, batch: &[Impression], now: Timestamp) -> Vec<TrackOutcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        self.track_batch_into(batch, now, &mut outcomes);
+        outcomes
+    }
+
+    /// [`Engine::track_batch`] into a caller-owned buffer (cleared first), so
+    /// a worker can reuse it across batches.
+    pub fn track_batch_into(
+        &self,
+        batch: &[Impression],
+        now: Timestamp,
+        outcomes: &mut Vec<TrackOutcome>,
+    ) {
+        outcomes.clear();
+        outcomes.resize(batch.len(), TrackOutcome::Duplicate);
+        let campaigns = self.campaigns.read();
+
+        // 1. Resolve campaigns (one map lookup per run of the same campaign)
+        //    and fingerprint the impressions that may count.
+        let mut slots: Vec<Option<&CampaignSlot>> = Vec::with_capacity(batch.len());
+        let mut pending: Vec<(u32, u32, Fingerprint)> = Vec::with_capacity(batch.len());
+        let mut last: Option<(CampaignId, Option<&CampaignSlot>)> = None;
+        for (i, imp) in batch.iter().enumerate() {
+            let slot = match last {
+                Some((id, slot)) if id == imp.campaign_id => slot,
+                _ => {
+                    let slot = campaigns.get(&imp.campaign_id);
+                    last = Some((imp.campaign_id, slot));
+                    slot
+                }
+            };
+            slots.push(slot);
+            match slot {
+                None => outcomes[i] = TrackOutcome::Rejected(Rejection::UnknownCampaign),
+                Some(s) if !s.campaign.has_started(imp.timestamp) => {
+                    outcomes[i] = TrackOutcome::Rejected(Rejection::NotStarted);
+                }
+                Some(_) => {
+                    let fp = Fingerprint::of(
+                        &imp.campaign_id,
+                        &imp.ad_id,
+                        &imp.user_id,
+                        self.config.scope,
+                    );
+                    // Batches are far below 2^32 items; the index fits.
+                    pending.push((self.dedup.shard_of(fp) as u32, i as u32, fp));
+                }
+            }
+        }
+
+        // 2. Decide, one lock per shard. Sorting by (shard, position) keeps
+        //    batch order within each shard, which is all the rule needs.
+        pending.sort_unstable_by_key(|&(shard, i, _)| (shard, i));
+        for run in pending.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = self.dedup.lock_shard(run[0].0 as usize);
+            for &(_, i, fp) in run {
+                let i = i as usize;
+                if let Decision::Count { .. } = shard.check(fp, batch[i].timestamp, now) {
+                    outcomes[i] = TrackOutcome::Counted;
+                }
+            }
+        }
+
+        // 3. Add the counted ones to their campaigns' windows, one lock per
+        //    run of the same campaign.
+        let mut current: Option<(&CampaignSlot, parking_lot::MutexGuard<'_, WindowCounter>)> = None;
+        for (i, imp) in batch.iter().enumerate() {
+            if outcomes[i] != TrackOutcome::Counted {
+                continue;
+            }
+            let Some(slot) = slots[i] else { continue };
+            if !matches!(&current, Some((held, _)) if std::ptr::eq(*held, slot)) {
+                drop(current.take()); // release before taking the next lock
+                current = Some((slot, slot.windows.lock()));
+            }
+            if let Some((_, windows)) = &mut current {
+                windows.record(imp.timestamp, now);
+            }
+        }
+    }
+
+    /// The campaign's counts at `now`, or `None` if it does not exist.
+    pub fn stats(&self, id: CampaignId, now: Timestamp) -> Option<Stats> {
+        let campaigns = self.campaigns.read();
+        let slot = campaigns.get(&id)?;
+        let stats = slot.windows.lock().stats(now);
+        Some(stats)
+    }
+
+    /// Number of live dedup keys.
+    pub fn live_dedup_keys(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// Reclaims memory that expired by `now` in idle parts of the engine.
+    /// Tracking reclaims as it goes; call this periodically (every second or
+    /// so) so memory also falls when traffic stops.
+    pub fn expire(&self, now: Timestamp) {
+        self.dedup.expire(now);
+        for slot in self.campaigns.read().values() {
+            slot.windows.lock().prune(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::CampaignName;
+    use crate::impression::{AdId, UserId};
+
+    const T0: u64 = 1_735_689_600_000;
+
+    fn engine(scope: DedupScope) -> Engine {
+        Engine::new(EngineConfig {
+            scope,
+            ..EngineConfig::default()
+        })
+    }
+
+    fn campaign(engine: &Engine, n: u128, start_ms: u64) -> CampaignId {
+        let id = CampaignId::from_uuid(uuid::Uuid::from_u128(n));
+        engine
+            .create_campaign(Campaign {
+                id,
+                name: CampaignName::parse("test").unwrap(),
+                start_time: Timestamp::from_millis(start_ms),
+            })
+            .unwrap();
+        id
+    }
+
+    fn imp(c: CampaignId, ad: &str, user: &str, ms: u64) -> Impression {
+        Impression {
+            campaign_id: c,
+            ad_id: AdId::parse(ad).unwrap(),
+            user_id: UserId::parse(user).unwrap(),
+            timestamp: Timestamp::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn counts_dedups_and_rejects() {
+        let e = engine(DedupScope::Ad);
+        let c = campaign(&e, 1, T0);
+        let unknown = CampaignId::from_uuid(uuid::Uuid::from_u128(99));
+        let now = Timestamp::from_millis(T0);
+        let batch = [
+            imp(c, "a", "u1", T0),
+            imp(c, "a", "u1", T0),
+            imp(c, "b", "u1", T0),
+            imp(unknown, "a", "u1", T0),
+            imp(c, "a", "u2", T0 - 1),
+        ];
+        use TrackOutcome::*;
+        assert_eq!(
+            e.track_batch(&batch, now),
+            vec![
+                Counted,
+                Duplicate,
+                Counted,
+                Rejected(Rejection::UnknownCampaign),
+                Rejected(Rejection::NotStarted)
+            ]
+        );
+        assert_eq!(
+            e.stats(c, now),
+            Some(Stats {
+                last_hour: 2,
+                last_day: 2,
+                total: 2
+            })
+        );
+        assert_eq!(e.stats(unknown, now), None);
+        assert_eq!(e.live_dedup_keys(), 2);
+    }
+
+    #[test]
+    fn campaign_scope_counts_a_user_once_across_ads() {
+        let e = engine(DedupScope::Campaign);
+        let c = campaign(&e, 1, T0);
+        let now = Timestamp::from_millis(T0);
+        assert_eq!(e.track(&imp(c, "a", "u1", T0), now), TrackOutcome::Counted);
+        assert_eq!(
+            e.track(&imp(c, "b", "u1", T0), now),
+            TrackOutcome::Duplicate
+        );
+        // Another campaign is another key.
+        let c2 = campaign(&e, 2, T0);
+        assert_eq!(e.track(&imp(c2, "a", "u1", T0), now), TrackOutcome::Counted);
+    }
+
+    #[test]
+    fn campaigns_are_listed_in_id_order_from_a_cursor() {
+        let e = engine(DedupScope::Ad);
+        for n in [5, 1, 3, 2, 4] {
+            campaign(&e, n, T0);
+        }
+        let ids = |v: Vec<Arc<Campaign>>| {
+            v.iter()
+                .map(|c| c.id.as_uuid().as_u128())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(e.campaigns_after(None, 2)), vec![1, 2]);
+        let cursor = CampaignId::from_uuid(uuid::Uuid::from_u128(2));
+        assert_eq!(ids(e.campaigns_after(Some(cursor), 10)), vec![3, 4, 5]);
+        assert_eq!(e.campaign_count(), 5);
+        let dup = Campaign {
+            id: cursor,
+            name: CampaignName::parse("again").unwrap(),
+            start_time: Timestamp::EPOCH,
+        };
+        assert_eq!(e.create_campaign(dup), Err(CampaignExists(cursor)));
+    }
+
+    #[test]
+    fn expire_frees_idle_keys() {
+        let e = engine(DedupScope::Ad);
+        let c = campaign(&e, 1, T0);
+        let now = Timestamp::from_millis(T0);
+        for u in 0..100 {
+            e.track(&imp(c, "a", &format!("u{u}"), T0), now);
+        }
+        assert_eq!(e.live_dedup_keys(), 100);
+        let later = now.saturating_add(e.config().ttl + e.config().max_lateness);
+        e.expire(later);
+        assert_eq!(e.live_dedup_keys(), 0);
+        assert_eq!(e.stats(c, later).map(|s| s.total), Some(100));
+    }
+}

@@ -1,0 +1,36 @@
+//! The pure core of `impression-counter`: what an impression is, when it
+//! counts, and how counts are kept. No I/O, no async runtime, no clock
+//! reads: time is always an argument, so every rule is testable with a fake
+//! clock and every backend (memory, log, Redis) applies the same rules.
+//!
+//! # Layout
+//!
+//! * [`campaign`], [`impression`]: domain types that can only hold valid
+//!   values (`CampaignName::parse`, `UserId::parse`, ...).
+//! * [`dedup`]: the TTL duplicate rule ([`DedupRule`]) and the sharded,
+//!   self-expiring index of 128-bit key fingerprints ([`DedupIndex`]).
+//! * [`window`]: per-campaign counters with exact one-second windows over the
+//!   last hour and day, readable in constant time ([`WindowCounter`]).
+//! * [`stats`]: the numbers answered for a campaign ([`Stats`]).
+//! * [`engine`]: the above put together, thread-safe, batch-first
+//!   ([`Engine`]).
+//! * [`time`]: [`Timestamp`] and the injectable [`Clock`].
+//! * [`error`]: validation errors, worded for API clients.
+
+pub mod campaign;
+pub mod dedup;
+pub mod engine;
+pub mod error;
+pub mod impression;
+pub mod stats;
+pub mod time;
+pub mod window;
+
+pub use campaign::{Campaign, CampaignId, CampaignName};
+pub use dedup::{Decision, DedupIndex, DedupRule, DedupScope, Fingerprint};
+pub use engine::{CampaignExists, Engine, EngineConfig};
+pub use error::ValidationError;
+pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
+pub use stats::Stats;
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use window::WindowCounter;
