@@ -1,5 +1,7 @@
 //! Many threads hammering one engine: exact totals, no double counts.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::{Arc, Barrier};
 use std::thread;
 

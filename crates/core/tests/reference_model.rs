@@ -6,6 +6,8 @@
 //! must give the same outcome for every impression and the same stats for
 //! every campaign after every step.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use impression_core::{

@@ -1,0 +1,223 @@
+//! Configuration: environment variables, each also a command-line flag.
+//!
+//! Names and defaults of the original service are kept (`SERVER_PORT`, `TTL`,
+//! `IMPRESSIONS_QUEUE_SIZE`, `IMPRESSION_WORKERS`). Every value is validated
+//! while parsing, so an invalid one stops the process with a clear message and
+//! a non-zero exit before anything binds. `impression-counter --help` lists
+//! them all with their defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use impression_core::{DedupScope, EngineConfig};
+
+/// Everything the service can be told at start-up.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "impression-counter",
+    version,
+    about = "Counts ad impressions per campaign in real time, once per user per TTL, \
+             with exact last-hour and last-day windows."
+)]
+pub struct Config {
+    /// Port the HTTP server listens on (0 picks a free one).
+    #[arg(long, env = "SERVER_PORT", default_value_t = 8080)]
+    pub server_port: u16,
+
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+
+    /// Duplicate-detection window: an impression of the same (campaign, ad,
+    /// user) within this span of the last counted one is a duplicate.
+    /// Duration like `3600s`, `90m`, `1h`, `2s`; a bare number is seconds.
+    #[arg(long, env = "TTL", default_value = "3600s", value_parser = parse_ttl)]
+    pub ttl: Duration,
+
+    /// Capacity of the queue between the HTTP handlers and the workers.
+    #[arg(
+        long,
+        env = "IMPRESSIONS_QUEUE_SIZE",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
+    pub impressions_queue_size: u32,
+
+    /// Workers draining the queue in batches [default: number of CPU cores].
+    #[arg(
+        long,
+        env = "IMPRESSION_WORKERS",
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub impression_workers: Option<u32>,
+
+    /// What counts as the same impression: `ad` = (campaign, ad, user),
+    /// `campaign` = (campaign, user) across all of its ads.
+    #[arg(long, env = "DEDUP_SCOPE", value_enum, default_value_t = ScopeArg::Ad)]
+    pub dedup_scope: ScopeArg,
+
+    /// How long a track request waits for room when the queue is full
+    /// before it is answered 503 with `Retry-After`.
+    #[arg(long, env = "ENQUEUE_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub enqueue_timeout: Duration,
+
+    /// Log filter, in `tracing` `EnvFilter` syntax (e.g. `info`,
+    /// `impression_counter=debug`).
+    #[arg(long = "rust-log", env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
+    pub rust_log: String,
+
+    /// Log line format: human-readable `text` or one JSON object per line.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `DEDUP_SCOPE` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    /// One count per (campaign, ad, user) per TTL.
+    Ad,
+    /// One count per (campaign, user) per TTL.
+    Campaign,
+}
+
+/// `LOG_FORMAT` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// How late an impression may reach the engine after it was received: the
+/// time it can spend in the queue. Dedup entries are kept this much longer
+/// than the TTL so such an impression still finds its key. Generous on
+/// purpose: it costs memory only in proportion to `INGEST_GRACE / TTL`.
+pub const INGEST_GRACE: Duration = Duration::from_secs(30);
+
+/// Most impressions a worker takes off the queue at once.
+pub const MAX_WORKER_BATCH: usize = 1024;
+
+impl Config {
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_addr, self.server_port)
+    }
+
+    /// Number of ingest workers, resolving the default.
+    pub fn workers(&self) -> usize {
+        self.impression_workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        )
+    }
+
+    /// The engine configuration these settings imply.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            ttl: self.ttl,
+            scope: match self.dedup_scope {
+                ScopeArg::Ad => DedupScope::Ad,
+                ScopeArg::Campaign => DedupScope::Campaign,
+            },
+            max_lateness: INGEST_GRACE,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// Parses `3600s`, `90m`, `1h`, `1h 30m`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: expected a duration like `3600s`, `90m`, `1h` or `250ms`"))
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+    let ttl = parse_duration(s)?;
+    if ttl < Duration::from_millis(1) {
+        return Err("the TTL must be at least 1ms".into());
+    }
+    if ttl > MAX {
+        return Err("the TTL must be at most 365 days".into());
+    }
+    Ok(ttl)
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("invalid log filter: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("impression-counter").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_original_service() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.server_port, 8080);
+        assert_eq!(c.ttl, Duration::from_secs(3600));
+        assert_eq!(c.impressions_queue_size, 1000);
+        assert_eq!(c.dedup_scope, ScopeArg::Ad);
+        assert!(c.workers() >= 1);
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        for (text, secs) in [
+            ("3600s", 3600),
+            ("90m", 5400),
+            ("1h", 3600),
+            ("2s", 2),
+            ("120", 120),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("expected a duration")
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_setting_named() {
+        let err = parse(&["--ttl", "0s"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--ttl") && err.contains("at least 1ms"),
+            "{err}"
+        );
+        let err = parse(&["--impressions-queue-size", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--impressions-queue-size"), "{err}");
+        let err = parse(&["--dedup-scope", "user"]).unwrap_err().to_string();
+        assert!(err.contains("--dedup-scope"), "{err}");
+        let err = parse(&["--rust-log", "info,=["]).unwrap_err().to_string();
+        assert!(err.contains("invalid log filter"), "{err}");
+    }
+
+    #[test]
+    fn campaign_scope_reaches_the_engine() {
+        let c = parse(&["--dedup-scope", "campaign", "--ttl", "90m"]).unwrap();
+        let e = c.engine();
+        assert_eq!(e.scope, DedupScope::Campaign);
+        assert_eq!(e.ttl, Duration::from_secs(5400));
+    }
+}

@@ -1,0 +1,175 @@
+//! Every error the API answers, in one shape: `{"error": "...", "code": N}`.
+//!
+//! Handlers return `Result<_, ApiError>`, and `?` maps domain, storage and
+//! queue errors to a status here, in one place. The framework's own
+//! rejections (bad JSON, wrong content type, oversized body, bad query
+//! string, unknown route, wrong method) are mapped too, through the
+//! [`ApiJson`], [`ApiQuery`] and [`ApiPath`] extractors and the router's
+//! fallbacks, so a client never sees a plain-text error. Internal causes are
+//! logged, never sent.
+
+use axum::Json;
+use axum::extract::FromRequest;
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use impression_core::{CampaignId, ValidationError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ingest::SubmitError;
+use crate::storage::StoreError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    #[schema(example = "campaign 0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a not found")]
+    pub error: String,
+    /// The HTTP status code, repeated for clients that only see the body.
+    #[schema(example = 404)]
+    pub code: u16,
+}
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a field is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is not JSON as announced.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body exceeds the size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No campaign has this id.
+    #[error("campaign {0} not found")]
+    CampaignNotFound(CampaignId),
+    /// The campaign exists but an impression before its start cannot count.
+    #[error("campaign {id} has not started yet: it starts at {starts}")]
+    CampaignNotStarted {
+        /// The campaign.
+        id: CampaignId,
+        /// Its start time, RFC 3339.
+        starts: String,
+    },
+    /// No route has this path.
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    /// The route exists, not with this method.
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
+    /// The ingest queue stayed full; retry after a moment.
+    #[error("the impression queue is full; retry shortly")]
+    QueueFull,
+    /// Shutting down, or the backend cannot take requests.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or backend fault. The cause is logged, not shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::CampaignNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::QueueFull | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            code: status.as_u16(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::CampaignExists(_) | StoreError::Internal(_) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Full => ApiError::QueueFull,
+            SubmitError::Closed => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let message = rejection.body_text();
+        match rejection.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
+            // axum answers 422 for well-formed JSON of the wrong shape; the
+            // API contract says 400 for every malformed body.
+            _ => ApiError::BadRequest(message),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+/// `axum::Json`, with rejections in the API's error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query`, with rejections in the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `axum::extract::Path`, with rejections in the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);

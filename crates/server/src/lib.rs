@@ -1,0 +1,31 @@
+//! `impression-counter`: the HTTP service around the pure
+//! [`impression_core`] engine.
+//!
+//! A request flows: [`routes`] (parse, validate, map errors) →
+//! [`ingest`] (bounded queue, batching workers) → [`storage`] (the
+//! [`Store`](storage::Store) seam and its backends) → the core engine.
+//!
+//! # Layout
+//!
+//! * [`config`]: environment variables and flags, validated at start-up.
+//! * [`startup`]: build the application from config; run it until stopped.
+//! * [`routes`]: one module per resource; the router and shared state.
+//! * [`error`]: the one JSON error shape and every mapping into it.
+//! * [`ingest`]: the queue, the workers and their drain on shutdown.
+//! * [`storage`]: the batch-shaped backend seam; [`storage::memory`] is the
+//!   embedded engine.
+//! * [`metrics`]: Prometheus counters, gauges and latency histograms.
+//! * [`openapi`]: the generated OpenAPI spec and the offline docs page.
+//! * [`telemetry`], [`shutdown`], [`timefmt`]: logs, signals, RFC 3339.
+
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod shutdown;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod timefmt;

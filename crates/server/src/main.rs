@@ -1,0 +1,25 @@
+//! The `impression-counter` binary: configuration in, server out.
+
+use anyhow::Context;
+use clap::Parser;
+use impression_counter::config::Config;
+use impression_counter::startup::Application;
+use impression_counter::{shutdown, telemetry};
+
+fn main() -> anyhow::Result<()> {
+    // Invalid configuration exits here (status 2) with clap's message,
+    // before anything binds.
+    let config = Config::parse();
+    telemetry::init(&config.rust_log, config.log_format);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let app = Application::build(&config).await?;
+        app.run_until_stopped(shutdown::signal())
+            .await
+            .context("server error")
+    })
+}

@@ -1,0 +1,256 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+//!
+//! Each [`Metrics`] owns its own registry (no process-global recorder), so
+//! several servers in one test process keep separate, exact numbers.
+//!
+//! * `impressions_received_total`: every impression submitted for tracking,
+//!   valid or not;
+//! * `impressions_rejected_total{reason}`: refused before counting (`invalid`,
+//!   `unknown_campaign`, `not_started`, `queue_full`, `unavailable`);
+//! * `impressions_counted_total`, `impressions_duplicate_total`: decided by
+//!   the dedup rule;
+//! * `ingest_queue_depth`, `dedup_live_keys`, `campaigns`: gauges read at
+//!   scrape time;
+//! * `ingest_batch_size`: impressions per worker batch;
+//! * `store_apply_failures_total`: batches the backend failed to apply;
+//! * `http_request_duration_seconds{method,route,status}`: latency histogram,
+//!   labelled by route template (never by raw path, to bound cardinality).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use impression_core::TrackOutcome;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::storage::StoreGauges;
+
+/// Why an impression was refused before it was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The request failed validation.
+    Invalid,
+    /// No such campaign.
+    UnknownCampaign,
+    /// The campaign has not started.
+    NotStarted,
+    /// The queue stayed full.
+    QueueFull,
+    /// The backend could not take it.
+    Unavailable,
+}
+
+impl RejectReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Invalid => "invalid",
+            RejectReason::UnknownCampaign => "unknown_campaign",
+            RejectReason::NotStarted => "not_started",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The service's metrics and the registry that exposes them.
+pub struct Metrics {
+    registry: Registry,
+    received: Counter,
+    rejected: Family<ReasonLabel, Counter>,
+    counted: Counter,
+    duplicates: Counter,
+    apply_failures: Counter,
+    batch_size: Histogram,
+    queue_depth: Gauge,
+    live_keys: Gauge,
+    campaigns: Gauge,
+    requests: HistogramFamily<RequestLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Self {
+        fn latency() -> Histogram {
+            // 50 µs .. ~3.3 s
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+        }
+        let m = Metrics {
+            registry: Registry::default(),
+            received: Counter::default(),
+            rejected: Family::default(),
+            counted: Counter::default(),
+            duplicates: Counter::default(),
+            apply_failures: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            queue_depth: Gauge::default(),
+            live_keys: Gauge::default(),
+            campaigns: Gauge::default(),
+            requests: Family::new_with_constructor(latency),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            "impressions_received",
+            "Impressions submitted for tracking, valid or not",
+            m.received.clone(),
+        );
+        registry.register(
+            "impressions_rejected",
+            "Impressions refused before counting, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "impressions_counted",
+            "Impressions counted",
+            m.counted.clone(),
+        );
+        registry.register(
+            "impressions_duplicate",
+            "Impressions found to be duplicates within the TTL",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "store_apply_failures",
+            "Batches the storage backend failed to apply",
+            m.apply_failures.clone(),
+        );
+        registry.register(
+            "ingest_batch_size",
+            "Impressions per batch applied by a worker",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "ingest_queue_depth",
+            "Impressions waiting in the ingest queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "dedup_live_keys",
+            "Keys held for duplicate detection",
+            m.live_keys.clone(),
+        );
+        registry.register("campaigns", "Campaigns known", m.campaigns.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template and status",
+            m.requests.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// One impression arrived at a track endpoint.
+    pub fn impression_received(&self) {
+        self.received.inc();
+    }
+
+    /// One impression was refused before counting.
+    pub fn impression_rejected(&self, reason: RejectReason) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// A worker applied a batch with these outcomes.
+    pub fn batch_applied(&self, outcomes: &[TrackOutcome]) {
+        let (mut counted, mut duplicates) = (0, 0);
+        for outcome in outcomes {
+            match outcome {
+                TrackOutcome::Counted => counted += 1,
+                TrackOutcome::Duplicate => duplicates += 1,
+                TrackOutcome::Rejected(r) => self.impression_rejected(match r {
+                    impression_core::Rejection::UnknownCampaign => RejectReason::UnknownCampaign,
+                    impression_core::Rejection::NotStarted => RejectReason::NotStarted,
+                }),
+            }
+        }
+        self.counted.inc_by(counted);
+        self.duplicates.inc_by(duplicates);
+        self.batch_size.observe(outcomes.len() as f64);
+    }
+
+    /// A worker failed to apply a batch of `size` impressions.
+    pub fn batch_failed(&self, size: usize) {
+        self.apply_failures.inc();
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: RejectReason::Unavailable.as_str(),
+            })
+            .inc_by(size as u64);
+    }
+
+    /// The Prometheus text exposition, with gauges read now.
+    pub fn render(&self, queue_depth: usize, store: StoreGauges) -> String {
+        self.queue_depth.set(saturating_i64(queue_depth as u64));
+        self.live_keys.set(saturating_i64(store.live_dedup_keys));
+        self.campaigns.set(saturating_i64(store.campaigns));
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .observe(seconds);
+    }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Middleware recording every request's latency under its route template.
+pub async fn record_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics.observe_request(
+        method.as_str(),
+        route.as_deref().unwrap_or("unmatched"),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,0 +1,84 @@
+//! The embedded in-memory backend: the core [`Engine`] as a [`Store`].
+//!
+//! Everything is lost when the process exits. Operations are CPU work of a
+//! few microseconds per batch, so they run inline on the calling task.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use impression_core::{
+    Campaign, CampaignId, Engine, EngineConfig, Impression, Stats, Timestamp, TrackOutcome,
+};
+
+use super::{Store, StoreError, StoreGauges};
+
+/// The embedded engine, shared by every handler and worker.
+pub struct MemoryStore {
+    engine: Engine,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(config: EngineConfig) -> Self {
+        MemoryStore {
+            engine: Engine::new(config),
+        }
+    }
+
+    /// The engine inside, for tests and benchmarks that look beneath the API.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_campaign(&self, campaign: Campaign) -> Result<Arc<Campaign>, StoreError> {
+        self.engine
+            .create_campaign(campaign)
+            .map_err(|e| StoreError::CampaignExists(e.0))
+    }
+
+    async fn campaign(&self, id: CampaignId) -> Result<Option<Arc<Campaign>>, StoreError> {
+        Ok(self.engine.campaign(id))
+    }
+
+    async fn list_campaigns(
+        &self,
+        after: Option<CampaignId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Campaign>>, StoreError> {
+        Ok(self.engine.campaigns_after(after, limit))
+    }
+
+    async fn apply(
+        &self,
+        batch: &[Impression],
+        now: Timestamp,
+    ) -> Result<Vec<TrackOutcome>, StoreError> {
+        Ok(self.engine.track_batch(batch, now))
+    }
+
+    async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError> {
+        Ok(self.engine.stats(id, now))
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn maintain(&self, now: Timestamp) {
+        self.engine.expire(now);
+    }
+
+    fn acknowledges_after_apply(&self) -> bool {
+        false
+    }
+
+    fn gauges(&self) -> StoreGauges {
+        StoreGauges {
+            live_dedup_keys: self.engine.live_dedup_keys() as u64,
+            campaigns: self.engine.campaign_count() as u64,
+        }
+    }
+}

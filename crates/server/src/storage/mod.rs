@@ -1,0 +1,88 @@
+//! The storage seam: where counted state lives.
+//!
+//! The HTTP layer and the ingest workers only see [`Store`]. It is shaped
+//! for batches ([`Store::apply`] takes many impressions at once) because every
+//! real backend is fastest that way: one log write and fsync per batch, one
+//! Redis round trip per batch. Backends:
+//!
+//! * [`memory::MemoryStore`]: the embedded [`Engine`](impression_core::Engine),
+//!   nothing on disk.
+//!
+//! A backend that must persist an impression before it may be acknowledged
+//! says so with [`Store::acknowledges_after_apply`]; the HTTP layer then
+//! answers 202 only once the worker has applied the batch holding it.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use impression_core::{Campaign, CampaignId, Impression, Stats, Timestamp, TrackOutcome};
+use thiserror::Error;
+
+/// Why a storage operation failed.
+#[derive(Clone, Debug, Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or cannot accept writes right now;
+    /// retrying later may succeed.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    /// A campaign with this id exists already.
+    #[error("campaign {0} already exists")]
+    CampaignExists(CampaignId),
+    /// Anything else; the message is for logs, not clients.
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+/// Point-in-time sizes reported by a backend, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Keys currently held for duplicate detection.
+    pub live_dedup_keys: u64,
+    /// Campaigns known.
+    pub campaigns: u64,
+}
+
+/// A place to keep campaigns and counts. Implementations are shared by all
+/// handlers and workers, so every method takes `&self`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new campaign.
+    async fn create_campaign(&self, campaign: Campaign) -> Result<Arc<Campaign>, StoreError>;
+
+    /// The campaign with this id, if any.
+    async fn campaign(&self, id: CampaignId) -> Result<Option<Arc<Campaign>>, StoreError>;
+
+    /// Up to `limit` campaigns in id order, after `after`.
+    async fn list_campaigns(
+        &self,
+        after: Option<CampaignId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Campaign>>, StoreError>;
+
+    /// Applies the dedup rule to a batch and counts what is not a duplicate.
+    /// Returns one outcome per impression, in order. On error nothing of the
+    /// batch may be reported as counted.
+    async fn apply(
+        &self,
+        batch: &[Impression],
+        now: Timestamp,
+    ) -> Result<Vec<TrackOutcome>, StoreError>;
+
+    /// The campaign's stats at `now`, or `None` if it does not exist.
+    async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError>;
+
+    /// Whether the backend can serve requests now (for `/readyz`).
+    async fn check_ready(&self) -> Result<(), StoreError>;
+
+    /// Housekeeping at `now` (expiry of idle state); called about once a second.
+    async fn maintain(&self, now: Timestamp);
+
+    /// Whether an impression may be acknowledged only after [`Store::apply`]
+    /// returned for its batch (durable backends), rather than once queued.
+    fn acknowledges_after_apply(&self) -> bool;
+
+    /// Sizes for the metrics endpoint.
+    fn gauges(&self) -> StoreGauges;
+}

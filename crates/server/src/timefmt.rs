@@ -1,0 +1,62 @@
+//! RFC 3339 text for timestamps at the API edge. The core only knows
+//! milliseconds since the epoch.
+
+use impression_core::Timestamp;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::ApiError;
+
+/// `2025-01-01T00:00:00Z`, with fractional seconds only when there are some.
+pub fn format_rfc3339(t: Timestamp) -> String {
+    let nanos = i128::from(t.as_millis()) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|dt| dt.format(&Rfc3339).ok())
+        // Timestamps come from parsed RFC 3339 or the clock: always in range.
+        .unwrap_or_else(|| format!("@{}ms", t.as_millis()))
+}
+
+/// Parses an RFC 3339 timestamp with any UTC offset; sub-millisecond digits
+/// are dropped. `field` names the JSON field in the error.
+pub fn parse_rfc3339(field: &str, text: &str) -> Result<Timestamp, ApiError> {
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "{field} must be an RFC 3339 timestamp at or after 1970-01-01T00:00:00Z, \
+             like 2025-01-01T00:00:00Z"
+        ))
+    };
+    let dt = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
+    let millis = dt.unix_timestamp_nanos().div_euclid(1_000_000);
+    u64::try_from(millis)
+        .map(Timestamp::from_millis)
+        .map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_normalises_offsets_to_utc() {
+        let t = parse_rfc3339("start_time", "2025-01-01T02:00:00.250+02:00").unwrap();
+        assert_eq!(t, Timestamp::from_millis(1_735_689_600_250));
+        assert_eq!(format_rfc3339(t), "2025-01-01T00:00:00.25Z");
+        assert_eq!(
+            format_rfc3339(Timestamp::from_secs(1_735_689_600)),
+            "2025-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn rejects_non_rfc3339_and_pre_epoch() {
+        for bad in ["2025-01-01", "yesterday", "1969-12-31T23:59:59Z", ""] {
+            let err = parse_rfc3339("start_time", bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("start_time must be an RFC 3339"),
+                "{bad}"
+            );
+        }
+    }
+}
