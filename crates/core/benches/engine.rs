@@ -1,2 +1,146 @@
-//! Placeholder replaced below.
-fn main() {}
+//! Engine micro-benchmarks, on one thread: tracking new keys, tracking
+//! duplicates, and reading stats, with 1k, 1M and 10M live dedup keys.
+//!
+//! ```sh
+//! cargo bench -p impression-core --bench engine
+//! ```
+//!
+//! Throughput is reported per impression (`item`). Impressions are built
+//! outside the timed section, so only the engine is measured.
+
+#![allow(clippy::unwrap_used)] // benchmarks: a failed unwrap is a broken setup
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use divan::Bencher;
+use divan::counter::ItemsCount;
+use impression_core::{
+    AdId, Campaign, CampaignId, CampaignName, Engine, EngineConfig, Impression, Timestamp, UserId,
+};
+
+fn main() {
+    divan::main();
+}
+
+const LIVE_KEYS: [usize; 3] = [1_000, 1_000_000, 10_000_000];
+const BATCH: usize = 1024;
+const CAMPAIGNS: u128 = 16;
+/// 2025-01-01T00:00:00Z.
+const T0: u64 = 1_735_689_600_000;
+
+fn campaign_id(n: u128) -> CampaignId {
+    CampaignId::from_uuid(uuid::Uuid::from_u128(n + 1))
+}
+
+fn impression(key: u64, ms: u64) -> Impression {
+    Impression {
+        campaign_id: campaign_id(u128::from(key) % CAMPAIGNS),
+        ad_id: AdId::parse(format!("ad-{}", key % 7)).unwrap(),
+        user_id: UserId::parse(format!("user-{key:016x}")).unwrap(),
+        timestamp: Timestamp::from_millis(ms),
+    }
+}
+
+/// An engine holding `live` keys, all tracked at T0.
+fn engine_with(live: usize) -> Engine {
+    let engine = Engine::new(EngineConfig::default());
+    for c in 0..CAMPAIGNS {
+        engine
+            .create_campaign(Campaign {
+                id: campaign_id(c),
+                name: CampaignName::parse("bench").unwrap(),
+                start_time: Timestamp::EPOCH,
+            })
+            .unwrap();
+    }
+    let now = Timestamp::from_millis(T0);
+    let mut batch = Vec::with_capacity(BATCH);
+    for key in 0..live as u64 {
+        batch.push(impression(key, T0));
+        if batch.len() == BATCH {
+            engine.track_batch(&batch, now);
+            batch.clear();
+        }
+    }
+    engine.track_batch(&batch, now);
+    assert_eq!(engine.live_dedup_keys(), live);
+    engine
+}
+
+/// New keys: every impression is counted and inserted.
+#[divan::bench(args = LIVE_KEYS, sample_count = 40, sample_size = 10)]
+fn track_new_keys(bencher: Bencher, live: usize) {
+    let engine = engine_with(live);
+    let next = Cell::new(live as u64);
+    let now = Timestamp::from_millis(T0);
+    bencher
+        .counter(ItemsCount::new(BATCH))
+        .with_inputs(|| {
+            let start = next.get();
+            next.set(start + BATCH as u64);
+            (start..start + BATCH as u64)
+                .map(|k| impression(k, T0))
+                .collect::<Vec<_>>()
+        })
+        .bench_local_refs(|batch| engine.track_batch(batch, now));
+}
+
+/// Duplicates of live keys: every impression is looked up and refused.
+#[divan::bench(args = LIVE_KEYS, sample_count = 40, sample_size = 10)]
+fn track_duplicates(bencher: Bencher, live: usize) {
+    let engine = engine_with(live);
+    let now = Timestamp::from_millis(T0 + 1000);
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    bencher
+        .counter(ItemsCount::new(BATCH))
+        .with_inputs(|| {
+            (0..BATCH)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    impression(rng % live as u64, T0 + 1000)
+                })
+                .collect::<Vec<_>>()
+        })
+        .bench_local_refs(|batch| engine.track_batch(batch, now));
+}
+
+/// Stats of a campaign holding `counted` impressions spread over the last
+/// day (every minute bucket present: the most work a read can have).
+#[divan::bench(args = [0, 1_000_000, 10_000_000])]
+fn stats_read(bencher: Bencher, counted: u64) {
+    let engine = Engine::new(EngineConfig {
+        ttl: Duration::from_millis(1),
+        ..EngineConfig::default()
+    });
+    let id = campaign_id(0);
+    engine
+        .create_campaign(Campaign {
+            id,
+            name: CampaignName::parse("bench").unwrap(),
+            start_time: Timestamp::EPOCH,
+        })
+        .unwrap();
+    let day_ms = 86_400_000;
+    let step = day_ms / counted.max(1);
+    let mut batch = Vec::with_capacity(BATCH);
+    for i in 0..counted {
+        // One key per impression: all counted.
+        let t = T0 + i * step;
+        batch.push(Impression {
+            campaign_id: id,
+            ..impression(i, t)
+        });
+        if batch.len() == BATCH {
+            engine.track_batch(&batch, Timestamp::from_millis(t));
+            batch.clear();
+        }
+    }
+    engine.track_batch(&batch, Timestamp::from_millis(T0 + day_ms));
+    let now = Timestamp::from_millis(T0 + day_ms - 1);
+    let stats = engine.stats(id, now).unwrap();
+    assert_eq!(stats.total, counted);
+    bencher.bench_local(|| engine.stats(divan::black_box(id), now));
+}

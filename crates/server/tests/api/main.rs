@@ -1,0 +1,14 @@
+//! HTTP tests against the real application, served on a free loopback port
+//! and driven with a real HTTP client. Time comes from a manual clock, so
+//! TTLs, hours and days pass instantly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod campaigns;
+mod concurrency;
+mod errors;
+mod helpers;
+mod impressions;
+mod operations;
+mod shutdown;
+mod stats;
