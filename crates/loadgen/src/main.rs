@@ -1,0 +1,3 @@
+//! Load generator for impression-counter (work in progress).
+
+fn main() {}
