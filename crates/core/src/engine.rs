@@ -25,15 +25,16 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
 use crate::campaign::{Campaign, CampaignId};
 use crate::dedup::{Decision, DedupIndex, DedupScope, Fingerprint};
-use crate::impression::{Impression, Rejection, TrackOutcome};
-use crate::stats::Stats;
+use crate::impression::{AdId, Impression, Rejection, TrackOutcome};
+use crate::stats::{AdBreakdown, Stats};
 use crate::time::Timestamp;
-use crate::window::WindowCounter;
+use crate::window::{Resolution, WindowCounter};
 
 /// How an [`Engine`] counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub struct EngineConfig {
     pub dedup_shards: usize,
     /// Hourly buckets kept per campaign (at least 25).
     pub history_hours: u64,
+    /// Distinct ads given their own counters per campaign; impressions of
+    /// further ads are counted together (see [`AdBreakdown`]).
+    pub max_ads_per_campaign: usize,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +64,7 @@ impl Default for EngineConfig {
             max_lateness: Duration::from_secs(30),
             dedup_shards: 64,
             history_hours: 7 * 24,
+            max_ads_per_campaign: 10_000,
         }
     }
 }
@@ -78,7 +83,67 @@ pub struct Engine {
 
 struct CampaignSlot {
     campaign: Arc<Campaign>,
-    windows: Mutex<WindowCounter>,
+    windows: Mutex<CampaignCounters>,
+}
+
+/// A campaign's window counters: all of it, and per ad.
+struct CampaignCounters {
+    all: WindowCounter,
+    ads: HashMap<AdId, WindowCounter>,
+    other_ads: WindowCounter,
+    ads_limit_exceeded: bool,
+    max_ads: usize,
+    history_hours: u64,
+}
+
+impl CampaignCounters {
+    fn new(config: &EngineConfig) -> Self {
+        CampaignCounters {
+            all: WindowCounter::new(config.history_hours),
+            ads: HashMap::new(),
+            other_ads: WindowCounter::new(config.history_hours),
+            ads_limit_exceeded: false,
+            max_ads: config.max_ads_per_campaign,
+            history_hours: config.history_hours,
+        }
+    }
+
+    fn record(&mut self, ad: &AdId, t: Timestamp, now: Timestamp) {
+        self.all.record(t, now);
+        if let Some(w) = self.ads.get_mut(ad) {
+            w.record(t, now);
+        } else if self.ads.len() < self.max_ads {
+            let mut w = WindowCounter::new(self.history_hours);
+            w.record(t, now);
+            self.ads.insert(ad.clone(), w);
+        } else {
+            self.ads_limit_exceeded = true;
+            self.other_ads.record(t, now);
+        }
+    }
+
+    fn prune(&mut self, now: Timestamp) {
+        self.all.prune(now);
+        self.other_ads.prune(now);
+        for w in self.ads.values_mut() {
+            w.prune(now);
+        }
+    }
+
+    fn breakdown(&self, now: Timestamp) -> AdBreakdown {
+        let mut ads: Vec<(AdId, Stats)> = self
+            .ads
+            .iter()
+            .map(|(ad, w)| (ad.clone(), w.stats(now)))
+            .collect();
+        ads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        AdBreakdown {
+            ads,
+            other: self.other_ads.stats(now),
+            limit: self.max_ads,
+            limit_exceeded: self.ads_limit_exceeded,
+        }
+    }
 }
 
 impl Engine {
@@ -108,7 +173,7 @@ impl Engine {
             campaign.id,
             CampaignSlot {
                 campaign: Arc::clone(&campaign),
-                windows: Mutex::new(WindowCounter::new(self.config.history_hours)),
+                windows: Mutex::new(CampaignCounters::new(&self.config)),
             },
         );
         Ok(campaign)
@@ -214,7 +279,8 @@ impl Engine {
 
         // 3. Add the counted ones to their campaigns' windows, one lock per
         //    run of the same campaign.
-        let mut current: Option<(&CampaignSlot, parking_lot::MutexGuard<'_, WindowCounter>)> = None;
+        let mut current: Option<(&CampaignSlot, parking_lot::MutexGuard<'_, CampaignCounters>)> =
+            None;
         for (i, imp) in batch.iter().enumerate() {
             if outcomes[i] != TrackOutcome::Counted {
                 continue;
@@ -224,8 +290,8 @@ impl Engine {
                 drop(current.take()); // release before taking the next lock
                 current = Some((slot, slot.windows.lock()));
             }
-            if let Some((_, windows)) = &mut current {
-                windows.record(imp.timestamp, now);
+            if let Some((_, counters)) = &mut current {
+                counters.record(&imp.ad_id, imp.timestamp, now);
             }
         }
     }
@@ -234,8 +300,33 @@ impl Engine {
     pub fn stats(&self, id: CampaignId, now: Timestamp) -> Option<Stats> {
         let campaigns = self.campaigns.read();
         let slot = campaigns.get(&id)?;
-        let stats = slot.windows.lock().stats(now);
+        let stats = slot.windows.lock().all.stats(now);
         Some(stats)
+    }
+
+    /// The campaign's counts per ad at `now`, or `None` if it does not exist.
+    pub fn ad_stats(&self, id: CampaignId, now: Timestamp) -> Option<AdBreakdown> {
+        let campaigns = self.campaigns.read();
+        let slot = campaigns.get(&id)?;
+        let breakdown = slot.windows.lock().breakdown(now);
+        Some(breakdown)
+    }
+
+    /// Counted impressions per bucket: `count` buckets of `resolution`, the
+    /// first being bucket number `first` (Unix seconds / bucket width). `None`
+    /// if the campaign does not exist. See [`WindowCounter::series`] for how
+    /// far back each resolution is exact.
+    pub fn timeseries(
+        &self,
+        id: CampaignId,
+        resolution: Resolution,
+        first: u64,
+        count: usize,
+    ) -> Option<Vec<u64>> {
+        let campaigns = self.campaigns.read();
+        let slot = campaigns.get(&id)?;
+        let series = slot.windows.lock().all.series(resolution, first, count);
+        Some(series)
     }
 
     /// Number of live dedup keys.
@@ -362,6 +453,41 @@ mod tests {
             start_time: Timestamp::EPOCH,
         };
         assert_eq!(e.create_campaign(dup), Err(CampaignExists(cursor)));
+    }
+
+    #[test]
+    fn ads_are_counted_separately_up_to_the_bound() {
+        let e = Engine::new(EngineConfig {
+            max_ads_per_campaign: 2,
+            ..EngineConfig::default()
+        });
+        let c = campaign(&e, 1, T0);
+        let now = Timestamp::from_millis(T0);
+        for (ad, user) in [
+            ("b", "u1"),
+            ("a", "u1"),
+            ("a", "u2"),
+            ("c", "u1"),
+            ("d", "u1"),
+        ] {
+            assert_eq!(e.track(&imp(c, ad, user, T0), now), TrackOutcome::Counted);
+        }
+        let one = |n| Stats {
+            last_hour: n,
+            last_day: n,
+            total: n,
+        };
+        let breakdown = e.ad_stats(c, now).unwrap();
+        assert_eq!(
+            breakdown.ads,
+            vec![
+                (AdId::parse("a").unwrap(), one(2)),
+                (AdId::parse("b").unwrap(), one(1))
+            ]
+        );
+        assert_eq!(breakdown.other, one(2));
+        assert!(breakdown.limit_exceeded);
+        assert_eq!(e.stats(c, now), Some(one(5)));
     }
 
     #[test]

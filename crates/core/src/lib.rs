@@ -31,6 +31,6 @@ pub use dedup::{Decision, DedupIndex, DedupRule, DedupScope, Fingerprint};
 pub use engine::{CampaignExists, Engine, EngineConfig};
 pub use error::ValidationError;
 pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
-pub use stats::Stats;
+pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
-pub use window::WindowCounter;
+pub use window::{Resolution, WindowCounter};

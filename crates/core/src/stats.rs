@@ -21,3 +21,21 @@ pub struct Stats {
     /// All counted impressions since the campaign was created.
     pub total: u64,
 }
+
+/// A campaign's counts broken down by ad.
+///
+/// The number of distinct ads tracked per campaign is bounded
+/// ([`EngineConfig::max_ads_per_campaign`](crate::EngineConfig)); impressions
+/// of ads beyond the bound are counted in `other` (and still in the
+/// campaign's totals), so memory never grows without bound and nothing is lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdBreakdown {
+    /// Each tracked ad's counts, in ad id order.
+    pub ads: Vec<(crate::AdId, Stats)>,
+    /// Counts of impressions of ads beyond the bound.
+    pub other: Stats,
+    /// The bound on distinct ads.
+    pub limit: usize,
+    /// Whether an ad was refused its own counters because of the bound.
+    pub limit_exceeded: bool,
+}

@@ -38,6 +38,28 @@ const MINUTES_BACK: u64 = LAST_DAY_SECS / 60;
 /// Fewest hour buckets kept: the day window reaches into the 25th hour back.
 pub const MIN_HISTORY_HOURS: u64 = LAST_DAY_SECS / 3600 + 1;
 
+/// The bucket width of a time series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    /// One-second buckets (available for the last hour).
+    Second,
+    /// One-minute buckets (available for the last day).
+    Minute,
+    /// One-hour buckets (available for the retained history).
+    Hour,
+}
+
+impl Resolution {
+    /// The bucket width in seconds.
+    pub const fn secs(self) -> u64 {
+        match self {
+            Resolution::Second => 1,
+            Resolution::Minute => 60,
+            Resolution::Hour => 3600,
+        }
+    }
+}
+
 /// Exact counts of one campaign's counted impressions over time.
 #[derive(Clone, Debug)]
 pub struct WindowCounter {
@@ -131,6 +153,46 @@ impl WindowCounter {
         let after = self.hours.partition_point(|h| h.hour <= lo_hour);
         let later_hours: u64 = self.hours.range(after..).map(|h| h.count).sum();
         within_lo_hour + later_hours
+    }
+
+    /// Counts of `count` consecutive buckets of `resolution`, the first being
+    /// bucket number `first` (bucket number = Unix seconds / bucket width).
+    /// Buckets with nothing counted are zero. Exact for second buckets within
+    /// a day of the latest `now` recorded with, minute buckets likewise, and
+    /// hour buckets within the retained history.
+    pub fn series(&self, resolution: Resolution, first: u64, count: usize) -> Vec<u64> {
+        let mut out = vec![0u64; count];
+        let end = first.saturating_add(count as u64);
+        match resolution {
+            Resolution::Hour => {
+                let start = self.hours.partition_point(|h| h.hour < first);
+                for h in self.hours.range(start..).take_while(|h| h.hour < end) {
+                    out[(h.hour - first) as usize] = h.count;
+                }
+            }
+            Resolution::Minute => {
+                let start = self.minutes.partition_point(|b| b.minute < first);
+                for b in self.minutes.range(start..).take_while(|b| b.minute < end) {
+                    out[(b.minute - first) as usize] = b.total;
+                }
+            }
+            Resolution::Second => {
+                let start = self.minutes.partition_point(|b| b.minute < first / 60);
+                for b in self
+                    .minutes
+                    .range(start..)
+                    .take_while(|b| b.minute * 60 < end)
+                {
+                    for (i, &c) in b.seconds.iter().enumerate() {
+                        let sec = b.minute * 60 + i as u64;
+                        if (first..end).contains(&sec) {
+                            out[(sec - first) as usize] = u64::from(c);
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Drops buckets no window or history needs any more at `now`.
@@ -294,6 +356,23 @@ mod tests {
         assert!(w.hours.len() as u64 <= MIN_HISTORY_HOURS);
         let s = w.stats(at(T0 + (minutes - 1) * 60));
         assert_eq!((s.last_hour, s.last_day, s.total), (60, 1440, minutes));
+    }
+
+    #[test]
+    fn series_sum_to_the_windows_and_zero_fill() {
+        let mut w = WindowCounter::new(168);
+        // Impressions at 00:00:00, 00:00:59, 00:01:00 and 01:30:00.
+        for s in [T0, T0 + 59, T0 + 60, T0 + 5400] {
+            w.record(at(s), at(s));
+        }
+        assert_eq!(w.series(Resolution::Second, T0 + 58, 4), vec![0, 1, 1, 0]);
+        assert_eq!(w.series(Resolution::Minute, T0 / 60, 3), vec![2, 1, 0]);
+        assert_eq!(w.series(Resolution::Hour, T0 / 3600, 3), vec![3, 1, 0]);
+        // The last hour at 01:30:00, second by second, is `last_hour`.
+        let now = T0 + 5400;
+        let hour: u64 = w.series(Resolution::Second, now - 3599, 3600).iter().sum();
+        assert_eq!(hour, w.stats(at(now)).last_hour);
+        assert_eq!(hour, 1);
     }
 
     #[test]
