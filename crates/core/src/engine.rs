@@ -138,6 +138,7 @@ impl CampaignCounters {
             .collect();
         ads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         AdBreakdown {
+            campaign: self.all.stats(now),
             ads,
             other: self.other_ads.stats(now),
             limit: self.max_ads,

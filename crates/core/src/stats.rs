@@ -30,6 +30,8 @@ pub struct Stats {
 /// campaign's totals), so memory never grows without bound and nothing is lost.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AdBreakdown {
+    /// The whole campaign's counts, from the same snapshot as the ads'.
+    pub campaign: Stats,
     /// Each tracked ad's counts, in ad id order.
     pub ads: Vec<(crate::AdId, Stats)>,
     /// Counts of impressions of ads beyond the bound.

@@ -62,6 +62,55 @@ pub struct Config {
     #[arg(long, env = "ENQUEUE_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub enqueue_timeout: Duration,
 
+    /// How far ahead of the server's clock an event `timestamp` may be
+    /// (clock skew of clients).
+    #[arg(long, env = "MAX_CLOCK_SKEW", default_value = "5s", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+
+    /// How old an event `timestamp` may be when it arrives (late events from
+    /// offline clients); at most 24h. Dedup keys are kept this much longer
+    /// than the TTL so a late event still finds its key.
+    #[arg(long, env = "MAX_EVENT_AGE", default_value = "10m", value_parser = parse_event_age)]
+    pub max_event_age: Duration,
+
+    /// Distinct ads given their own counters per campaign (for
+    /// `stats?by=ad`); impressions of further ads are counted as `other_ads`.
+    #[arg(
+        long,
+        env = "MAX_ADS_PER_CAMPAIGN",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_ads_per_campaign: u32,
+
+    /// Hourly history kept per campaign for `timeseries?resolution=hour`;
+    /// at least 25h.
+    #[arg(long, env = "HISTORY", default_value = "7d", value_parser = parse_history)]
+    pub history: Duration,
+
+    /// Most impressions in one batch request.
+    #[arg(
+        long,
+        env = "BATCH_MAX_ITEMS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub batch_max_items: u32,
+
+    /// Largest batch request body, in bytes.
+    #[arg(
+        long,
+        env = "BATCH_MAX_BYTES",
+        default_value_t = 8 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024)
+    )]
+    pub batch_max_bytes: u64,
+
+    /// Cookie the tracking pixel reads the user id from when the URL has no
+    /// `user_id`.
+    #[arg(long, env = "PIXEL_COOKIE", default_value = "uid", value_parser = parse_cookie_name)]
+    pub pixel_cookie: String,
+
     /// Log filter, in `tracing` `EnvFilter` syntax (e.g. `info`,
     /// `impression_counter=debug`).
     #[arg(long = "rust-log", env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
@@ -121,7 +170,9 @@ impl Config {
                 ScopeArg::Ad => DedupScope::Ad,
                 ScopeArg::Campaign => DedupScope::Campaign,
             },
-            max_lateness: INGEST_GRACE,
+            max_lateness: self.max_event_age + INGEST_GRACE,
+            history_hours: self.history.as_secs().div_ceil(3600),
+            max_ads_per_campaign: self.max_ads_per_campaign as usize,
             ..EngineConfig::default()
         }
     }
@@ -147,6 +198,37 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
         return Err("the TTL must be at most 365 days".into());
     }
     Ok(ttl)
+}
+
+fn parse_event_age(s: &str) -> Result<Duration, String> {
+    let age = parse_duration(s)?;
+    if age > Duration::from_secs(24 * 3600) {
+        return Err("MAX_EVENT_AGE must be at most 24h".into());
+    }
+    Ok(age)
+}
+
+fn parse_history(s: &str) -> Result<Duration, String> {
+    let history = parse_duration(s)?;
+    if history < Duration::from_secs(25 * 3600) {
+        return Err("HISTORY must be at least 25h (the day window needs it)".into());
+    }
+    if history > Duration::from_secs(366 * 24 * 3600) {
+        return Err("HISTORY must be at most 366 days".into());
+    }
+    Ok(history)
+}
+
+fn parse_cookie_name(s: &str) -> Result<String, String> {
+    // RFC 6265 token: visible ASCII except separators.
+    let valid = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a valid cookie name"))
+    }
 }
 
 fn parse_log_filter(s: &str) -> Result<String, String> {
@@ -211,6 +293,30 @@ mod tests {
         assert!(err.contains("--dedup-scope"), "{err}");
         let err = parse(&["--rust-log", "info,=["]).unwrap_err().to_string();
         assert!(err.contains("invalid log filter"), "{err}");
+    }
+
+    #[test]
+    fn event_time_settings_are_bounded() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.max_clock_skew, Duration::from_secs(5));
+        assert_eq!(c.max_event_age, Duration::from_secs(600));
+        assert_eq!(c.engine().history_hours, 168);
+        assert_eq!(
+            c.engine().max_lateness,
+            Duration::from_secs(600) + INGEST_GRACE
+        );
+        assert!(parse(&["--max-event-age", "24h"]).is_ok());
+        let err = parse(&["--max-event-age", "25h"]).unwrap_err().to_string();
+        assert!(err.contains("at most 24h"), "{err}");
+        let err = parse(&["--history", "24h"]).unwrap_err().to_string();
+        assert!(err.contains("at least 25h"), "{err}");
+        assert!(parse(&["--pixel-cookie", "a;b"]).is_err());
+        assert_eq!(
+            parse(&["--pixel-cookie", "visitor_id"])
+                .unwrap()
+                .pixel_cookie,
+            "visitor_id"
+        );
     }
 
     #[test]

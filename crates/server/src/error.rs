@@ -48,12 +48,12 @@ pub enum ApiError {
     #[error("campaign {0} not found")]
     CampaignNotFound(CampaignId),
     /// The campaign exists but an impression before its start cannot count.
-    #[error("campaign {id} has not started yet: it starts at {starts}")]
+    #[error("campaign {id} has not started yet{}", starts_at(.starts))]
     CampaignNotStarted {
         /// The campaign.
         id: CampaignId,
-        /// Its start time, RFC 3339.
-        starts: String,
+        /// Its start time, RFC 3339, when known.
+        starts: Option<String>,
     },
     /// No route has this path.
     #[error("no route for {0}")]
@@ -70,6 +70,13 @@ pub enum ApiError {
     /// A bug or backend fault. The cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
+}
+
+fn starts_at(starts: &Option<String>) -> String {
+    starts
+        .as_deref()
+        .map(|s| format!(": it starts at {s}"))
+        .unwrap_or_default()
 }
 
 impl ApiError {
@@ -180,11 +187,17 @@ mod tests {
 
     #[tokio::test]
     async fn internal_errors_hide_their_cause() {
-        let response = ApiError::Internal("disk /dev/sda1 on fire at 0xdeadbeef".into()).into_response();
+        let response =
+            ApiError::Internal("disk /dev/sda1 on fire at 0xdeadbeef".into()).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body, serde_json::json!({ "error": "internal error", "code": 500 }));
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": "internal error", "code": 500 })
+        );
     }
 
     #[tokio::test]

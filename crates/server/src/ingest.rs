@@ -1,27 +1,33 @@
 //! The ingest pipeline: a bounded queue between the track handlers and a
 //! pool of workers that apply impressions to the store in batches.
 //!
-//! * Handlers validate synchronously, then [`IngestQueue::submit`] a
-//!   [`Queued`] impression. When the queue is full they wait at most the
-//!   configured enqueue timeout, then give up with [`SubmitError::Full`] (the
-//!   client gets 503 and `Retry-After`): back-pressure, never unbounded memory.
-//! * Each queued impression may carry a [`Completion`]: a one-shot channel
-//!   the worker answers once the batch holding it was applied. `?wait=true`
+//! * Handlers validate synchronously, then [`IngestQueue::submit`] a job: the
+//!   impressions of one request (one for a single track or a pixel, up to
+//!   the batch limit for a batch request).
+//! * The queue is bounded in *impressions*, not jobs: a job takes one unit of
+//!   room per impression and gives it back once applied. A job larger than
+//!   the whole queue waits until the queue is empty and then fills it. When
+//!   there is no room, the handler waits at most the enqueue timeout, then
+//!   gives up with [`SubmitError::Full`] (the client gets 503 and
+//!   `Retry-After`): back-pressure, never unbounded memory.
+//! * A job may carry a [`Completion`]: a one-shot channel the worker answers
+//!   with one outcome per impression once they were applied. `?wait=true`
 //!   uses it, and so does every request on a backend that acknowledges only
 //!   after writing (durable log, Redis).
-//! * [`Workers`] take up to [`MAX_WORKER_BATCH`] impressions at a time
-//!   (`recv_many`), so a busy queue turns into large batches and an idle one
-//!   into batches of one with no added latency.
+//! * [`Workers`] take up to 64 jobs at a time and apply their impressions in
+//!   chunks of at most [`MAX_WORKER_BATCH`], so a busy queue turns into large
+//!   batches, an idle one into batches of one with no added latency, and no
+//!   chunk keeps a runtime thread busy for long.
 //!
-//! Shutdown drains: [`Workers::drain`] closes the queue to new impressions,
-//! applies everything already in it, and only then returns, so nothing that
-//! was acknowledged is dropped.
+//! Shutdown drains: [`Workers::drain`] closes the queue to new jobs, applies
+//! everything already in it, and only then returns, so nothing that was
+//! acknowledged is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use impression_core::{Clock, Impression, TrackOutcome};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -29,19 +35,22 @@ use crate::config::MAX_WORKER_BATCH;
 use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError};
 
-/// Answers one queued impression once its batch was applied.
-pub type Completion = oneshot::Sender<Result<TrackOutcome, StoreError>>;
+/// Answers a job once its impressions were applied: one outcome each, in order.
+pub type Completion = oneshot::Sender<Result<Vec<TrackOutcome>, StoreError>>;
 
-/// An impression waiting for a worker.
-#[derive(Debug)]
-pub struct Queued {
-    /// The validated impression, stamped with its receive time.
-    pub impression: Impression,
-    /// Who to tell when it has been applied, if anyone is waiting.
-    pub completion: Option<Completion>,
+/// Jobs a worker takes off the queue at once.
+const MAX_JOBS_PER_TURN: usize = 64;
+
+/// One request's impressions, waiting for a worker.
+struct Job {
+    impressions: Vec<Impression>,
+    completion: Option<Completion>,
+    /// The job's room in the queue, given back when the job is dropped
+    /// after it was applied.
+    _room: OwnedSemaphorePermit,
 }
 
-/// Why an impression could not be queued.
+/// Why impressions could not be queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// The queue stayed full for the whole enqueue timeout.
@@ -52,45 +61,76 @@ pub enum SubmitError {
     Closed,
 }
 
-/// The sending side of the queue, cloned into every handler.
+/// The sending side of the queue, shared by every handler.
 #[derive(Clone, Debug)]
 pub struct IngestQueue {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::UnboundedSender<Job>,
+    room: Arc<Semaphore>,
+    capacity: u32,
     enqueue_timeout: Duration,
 }
 
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("impressions", &self.impressions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving end of an [`IngestQueue`], for [`Workers::spawn`].
+pub struct QueueReceiver(mpsc::UnboundedReceiver<Job>);
+
 impl IngestQueue {
-    /// A queue holding at most `capacity` impressions, and its receiving end
-    /// for [`Workers::spawn`].
-    pub fn new(capacity: usize, enqueue_timeout: Duration) -> (Self, mpsc::Receiver<Queued>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// A queue holding at most `capacity` impressions, and its receiving end.
+    pub fn new(capacity: usize, enqueue_timeout: Duration) -> (Self, QueueReceiver) {
+        let capacity = u32::try_from(capacity.max(1)).unwrap_or(u32::MAX);
+        let (tx, rx) = mpsc::unbounded_channel();
         (
             IngestQueue {
                 tx,
+                room: Arc::new(Semaphore::new(capacity as usize)),
+                capacity,
                 enqueue_timeout,
             },
-            rx,
+            QueueReceiver(rx),
         )
     }
 
-    /// Queues an impression, waiting at most the enqueue timeout for room.
-    pub async fn submit(&self, item: Queued) -> Result<(), SubmitError> {
-        match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Closed),
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                match tokio::time::timeout(self.enqueue_timeout, self.tx.send(item)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(SubmitError::Closed),
-                    Err(_) => Err(SubmitError::Full),
+    /// Queues one request's impressions, waiting at most the enqueue timeout
+    /// for room. `completion`, if given, is answered once they were applied.
+    pub async fn submit(
+        &self,
+        impressions: Vec<Impression>,
+        completion: Option<Completion>,
+    ) -> Result<(), SubmitError> {
+        let wanted = u32::try_from(impressions.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
+        let room = match Arc::clone(&self.room).try_acquire_many_owned(wanted) {
+            Ok(room) => room,
+            Err(TryAcquireError::Closed) => return Err(SubmitError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                let waiting = Arc::clone(&self.room).acquire_many_owned(wanted);
+                match tokio::time::timeout(self.enqueue_timeout, waiting).await {
+                    Ok(Ok(room)) => room,
+                    Ok(Err(_)) => return Err(SubmitError::Closed),
+                    Err(_) => return Err(SubmitError::Full),
                 }
             }
-        }
+        };
+        self.tx
+            .send(Job {
+                impressions,
+                completion,
+                _room: room,
+            })
+            .map_err(|_| SubmitError::Closed)
     }
 
-    /// Impressions waiting in the queue now.
+    /// Impressions queued or being applied now.
     pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        (self.capacity as usize).saturating_sub(self.room.available_permits())
     }
 }
 
@@ -102,7 +142,7 @@ pub struct Workers {
 
 /// What a worker needs, shared by all of them.
 struct WorkerContext {
-    rx: Mutex<mpsc::Receiver<Queued>>,
+    rx: Mutex<mpsc::UnboundedReceiver<Job>>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -113,14 +153,14 @@ impl Workers {
     /// Starts `count` workers on the current runtime.
     pub fn spawn(
         count: usize,
-        rx: mpsc::Receiver<Queued>,
+        rx: QueueReceiver,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let stop = CancellationToken::new();
         let ctx = Arc::new(WorkerContext {
-            rx: Mutex::new(rx),
+            rx: Mutex::new(rx.0),
             store,
             clock,
             metrics,
@@ -145,59 +185,78 @@ impl Workers {
 }
 
 async fn run_worker(ctx: Arc<WorkerContext>) {
-    let mut queued = Vec::with_capacity(MAX_WORKER_BATCH);
-    let mut batch = Vec::with_capacity(MAX_WORKER_BATCH);
-    let mut completions = Vec::with_capacity(MAX_WORKER_BATCH);
+    let mut jobs = Vec::with_capacity(MAX_JOBS_PER_TURN);
     loop {
         // One worker at a time waits on the queue; the others apply batches.
         let received = {
             let mut rx = ctx.rx.lock().await;
             tokio::select! {
                 biased;
-                n = rx.recv_many(&mut queued, MAX_WORKER_BATCH) => n,
+                n = rx.recv_many(&mut jobs, MAX_JOBS_PER_TURN) => n,
                 () = ctx.stop.cancelled() => {
-                    // Refuse new impressions, keep the ones already queued.
+                    // Refuse new jobs, keep the ones already queued.
                     rx.close();
-                    rx.recv_many(&mut queued, MAX_WORKER_BATCH).await
+                    rx.recv_many(&mut jobs, MAX_JOBS_PER_TURN).await
                 }
             }
         };
         if received == 0 {
             return; // closed and empty
         }
-        for q in queued.drain(..) {
-            batch.push(q.impression);
-            completions.push(q.completion);
-        }
-        apply(&ctx, &batch, &mut completions).await;
-        batch.clear();
+        apply_jobs(&ctx, &mut jobs).await;
     }
 }
 
-async fn apply(
-    ctx: &WorkerContext,
-    batch: &[Impression],
-    completions: &mut Vec<Option<Completion>>,
-) {
-    match ctx.store.apply(batch, ctx.clock.now()).await {
-        Ok(outcomes) => {
-            ctx.metrics.batch_applied(&outcomes);
-            for (completion, outcome) in completions.drain(..).zip(outcomes) {
-                if let Some(c) = completion {
-                    // The waiter may have gone (client disconnected): fine.
-                    let _ = c.send(Ok(outcome));
-                }
+/// Applies the jobs' impressions in chunks and answers each job. A chunk
+/// that fails stops the turn: its jobs and every later one get the error
+/// (a client retrying a whole batch is safe: what was counted before is now
+/// a duplicate).
+async fn apply_jobs(ctx: &WorkerContext, jobs: &mut Vec<Job>) {
+    let lengths: Vec<usize> = jobs.iter().map(|j| j.impressions.len()).collect();
+    let total: usize = lengths.iter().sum();
+    let mut outcomes: Vec<TrackOutcome> = Vec::with_capacity(total);
+    let mut failure: Option<StoreError> = None;
+    // One vector for the turn: the first job's, with the others appended.
+    let mut all = match jobs.first_mut() {
+        Some(first) => std::mem::take(&mut first.impressions),
+        None => return,
+    };
+    all.reserve(total - all.len());
+    for job in jobs.iter_mut().skip(1) {
+        all.append(&mut job.impressions);
+    }
+    for chunk in all.chunks(MAX_WORKER_BATCH) {
+        match ctx.store.apply(chunk, ctx.clock.now()).await {
+            Ok(applied) => {
+                ctx.metrics.batch_applied(&applied);
+                outcomes.extend(applied);
+            }
+            Err(e) => {
+                let unapplied = total - outcomes.len();
+                tracing::error!(error = %e, unapplied, "failed to apply a batch");
+                ctx.metrics.batch_failed(unapplied);
+                failure = Some(e);
+                break;
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, size = batch.len(), "failed to apply a batch");
-            ctx.metrics.batch_failed(batch.len());
-            for c in completions.drain(..).flatten() {
-                let _ = c.send(Err(e.clone()));
-            }
+        // Let requests on this runtime thread run between chunks.
+        tokio::task::yield_now().await;
+    }
+    drop(all);
+
+    let mut outcomes = outcomes.into_iter();
+    let mut failed = false;
+    for (job, len) in jobs.drain(..).zip(lengths) {
+        failed = failed || outcomes.len() < len;
+        let answer = match &failure {
+            Some(e) if failed => Err(e.clone()),
+            _ => Ok(outcomes.by_ref().take(len).collect()),
+        };
+        if let Some(completion) = job.completion {
+            // The waiter may have gone (client disconnected): fine.
+            let _ = completion.send(answer);
         }
     }
-    completions.clear();
 }
 
 /// Runs the store's housekeeping about once a second until `stop`.

@@ -179,6 +179,15 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` impressions were refused before counting, for one reason.
+    pub fn impression_rejected_many(&self, reason: RejectReason, n: usize) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc_by(n as u64);
+    }
+
     /// A worker applied a batch with these outcomes.
     pub fn batch_applied(&self, outcomes: &[TrackOutcome]) {
         let (mut counted, mut duplicates) = (0, 0);

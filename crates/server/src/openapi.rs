@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::routes::{campaigns, health, impressions, stats};
+use crate::routes::{batch, campaigns, health, impressions, pixel, stats, timeseries};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -26,7 +26,10 @@ use crate::routes::{campaigns, health, impressions, stats};
         campaigns::list_campaigns,
         campaigns::get_campaign,
         stats::campaign_stats,
+        timeseries::campaign_timeseries,
         impressions::track_impression,
+        batch::track_batch,
+        pixel::track_pixel,
         health::healthz,
         health::readyz,
         health::metrics,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
 use crate::metrics::Metrics;
-use crate::routes::{self, AppState};
+use crate::routes::{self, ApiSettings, AppState};
 use crate::storage::Store;
 use crate::storage::memory::MemoryStore;
 
@@ -87,7 +87,7 @@ impl Application {
             Arc::clone(&clock),
             stop_maintenance.clone(),
         );
-        let state = AppState::new(store, clock, queue, metrics);
+        let state = AppState::new(store, clock, queue, metrics, ApiSettings::from(config));
         tracing::info!(
             %addr,
             ttl = ?config.ttl,

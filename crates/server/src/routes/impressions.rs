@@ -9,16 +9,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use impression_core::{AdId, CampaignId, Impression, Rejection, Timestamp, TrackOutcome, UserId};
+use impression_core::{Timestamp, TrackOutcome};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
 use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use crate::ingest::Queued;
-use crate::metrics::RejectReason;
-use crate::timefmt::format_rfc3339;
 
 /// Body of `POST /api/v1/impressions`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -32,6 +29,12 @@ pub struct TrackImpressionRequest {
     /// The creative; 1..=512 bytes.
     #[schema(example = "ad-1")]
     pub ad_id: String,
+    /// When the impression happened (RFC 3339); defaults to when the server
+    /// received it. At most `MAX_EVENT_AGE` (10 min) old and
+    /// `MAX_CLOCK_SKEW` (5 s) ahead.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(default)]
+    pub timestamp: Option<String>,
 }
 
 /// Query of `POST /api/v1/impressions`.
@@ -80,7 +83,7 @@ pub enum ProcessedStatus {
     responses(
         (status = 202, description = "Validated and queued", body = Accepted),
         (status = 200, description = "With wait=true: processed", body = Processed),
-        (status = 400, description = "Invalid ids or malformed JSON", body = ErrorBody),
+        (status = 400, description = "Invalid ids or timestamp, or malformed JSON", body = ErrorBody),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 409, description = "The campaign has not started", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
@@ -112,65 +115,33 @@ async fn track(
     received_at: Timestamp,
     wait: bool,
 ) -> Result<Response, ApiError> {
-    let impression = Impression {
-        campaign_id: req.campaign_id.parse()?,
-        ad_id: AdId::parse(req.ad_id)?,
-        user_id: UserId::parse(req.user_id)?,
-        timestamp: received_at,
-    };
-    let id = impression.campaign_id;
-    let campaign = app
-        .store
-        .campaign(id)
-        .await?
-        .ok_or(ApiError::CampaignNotFound(id))?;
-    if !campaign.has_started(received_at) {
-        return Err(not_started(id, campaign.start_time));
-    }
-
-    let must_wait = wait || app.store.acknowledges_after_apply();
-    if !must_wait {
-        app.queue
-            .submit(Queued {
-                impression,
-                completion: None,
-            })
-            .await?;
-        return Ok(accepted());
-    }
-    let (completion, processed) = oneshot::channel();
-    app.queue
-        .submit(Queued {
-            impression,
-            completion: Some(completion),
-        })
+    let mut admission = Admission::new(app, received_at);
+    let impression = admission
+        .admit(
+            &req.campaign_id,
+            req.ad_id,
+            req.user_id,
+            req.timestamp.as_deref().map(EventTime::Rfc3339),
+        )
         .await?;
-    let outcome = processed
-        .await
-        .map_err(|_| ApiError::Unavailable("the service stopped before processing".into()))??;
-    let status = match outcome {
-        TrackOutcome::Counted => ProcessedStatus::Counted,
-        TrackOutcome::Duplicate => ProcessedStatus::Duplicate,
-        // Campaigns are immutable and never deleted, so these cannot change
-        // between validation and processing; kept for completeness.
-        TrackOutcome::Rejected(Rejection::UnknownCampaign) => {
-            return Err(ApiError::CampaignNotFound(id));
-        }
-        TrackOutcome::Rejected(Rejection::NotStarted) => {
-            return Err(not_started(id, campaign.start_time));
+    let id = impression.campaign_id;
+    let Some(outcomes) = enqueue(app, vec![impression], wait).await? else {
+        return Ok(accepted());
+    };
+    let status = match outcomes.first() {
+        Some(TrackOutcome::Counted) => ProcessedStatus::Counted,
+        Some(TrackOutcome::Duplicate) => ProcessedStatus::Duplicate,
+        Some(TrackOutcome::Rejected(rejection)) => return Err(rejection_error(*rejection, id)),
+        None => {
+            return Err(ApiError::Internal(
+                "no outcome for a processed impression".into(),
+            ));
         }
     };
     if wait {
         Ok((StatusCode::OK, Json(Processed { status })).into_response())
     } else {
         Ok(accepted())
-    }
-}
-
-fn not_started(id: CampaignId, start: Timestamp) -> ApiError {
-    ApiError::CampaignNotStarted {
-        id,
-        starts: format_rfc3339(start),
     }
 }
 
@@ -182,14 +153,4 @@ fn accepted() -> Response {
         r#"{"message":"impression accepted"}"#,
     )
         .into_response()
-}
-
-fn reject_reason(e: &ApiError) -> RejectReason {
-    match e {
-        ApiError::CampaignNotFound(_) => RejectReason::UnknownCampaign,
-        ApiError::CampaignNotStarted { .. } => RejectReason::NotStarted,
-        ApiError::QueueFull => RejectReason::QueueFull,
-        ApiError::Unavailable(_) | ApiError::Internal(_) => RejectReason::Unavailable,
-        _ => RejectReason::Invalid,
-    }
 }

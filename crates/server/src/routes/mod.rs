@@ -2,21 +2,30 @@
 //! lives here.
 //!
 //! * [`campaigns`]: create, read and list campaigns;
-//! * [`impressions`]: track an impression (queued for the workers);
-//! * [`stats`]: a campaign's counts;
+//! * [`impressions`]: track one impression (queued for the workers);
+//! * [`batch`]: track many in one request (JSON array or NDJSON);
+//! * [`pixel`]: track from a 1x1 GIF URL (browsers, VAST players);
+//! * [`admission`]: the rules all three apply before queueing;
+//! * [`stats`]: a campaign's counts, optionally per ad;
+//! * [`timeseries`]: counts per second, minute or hour;
 //! * [`health`]: liveness, readiness and Prometheus metrics.
 //!
 //! The API description (`/openapi.json`) and its docs page (`/docs`) are
 //! built in [`crate::openapi`].
 
+pub mod admission;
+pub mod batch;
 pub mod campaigns;
 pub mod health;
 pub mod impressions;
+pub mod pixel;
 pub mod stats;
+pub mod timeseries;
 
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -24,6 +33,7 @@ use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
 
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
 use crate::metrics::{self, Metrics};
@@ -32,6 +42,36 @@ use crate::storage::Store;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Request-level limits and settings, from the configuration.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// How far ahead of the clock an event timestamp may be.
+    pub max_clock_skew: Duration,
+    /// How old an event timestamp may be on arrival.
+    pub max_event_age: Duration,
+    /// Most impressions per batch request.
+    pub batch_max_items: usize,
+    /// Largest batch body in bytes.
+    pub batch_max_bytes: usize,
+    /// Cookie the pixel reads the user id from.
+    pub pixel_cookie: String,
+    /// Hourly history kept, bounding `timeseries?resolution=hour`.
+    pub history: Duration,
+}
+
+impl From<&Config> for ApiSettings {
+    fn from(c: &Config) -> Self {
+        ApiSettings {
+            max_clock_skew: c.max_clock_skew,
+            max_event_age: c.max_event_age,
+            batch_max_items: c.batch_max_items as usize,
+            batch_max_bytes: usize::try_from(c.batch_max_bytes).unwrap_or(usize::MAX),
+            pixel_cookie: c.pixel_cookie.clone(),
+            history: Duration::from_secs(c.engine().history_hours * 3600),
+        }
+    }
+}
 
 /// What every handler shares. One `Arc` inside, so the per-request clone
 /// axum makes is a single reference-count increment.
@@ -48,6 +88,8 @@ pub struct AppInner {
     pub queue: IngestQueue,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
+    /// Request-level limits and settings.
+    pub settings: ApiSettings,
     shutting_down: AtomicBool,
 }
 
@@ -58,12 +100,14 @@ impl AppState {
         clock: Arc<dyn Clock>,
         queue: IngestQueue,
         metrics: Arc<Metrics>,
+        settings: ApiSettings,
     ) -> Self {
         AppState(Arc::new(AppInner {
             store,
             clock,
             queue,
             metrics,
+            settings,
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -96,7 +140,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/campaigns/{id}", get(campaigns::get_campaign))
         .route("/api/v1/campaigns/{id}/stats", get(stats::campaign_stats))
+        .route(
+            "/api/v1/campaigns/{id}/timeseries",
+            get(timeseries::campaign_timeseries),
+        )
         .route("/api/v1/impressions", post(impressions::track_impression))
+        .route(
+            "/api/v1/impressions/batch",
+            post(batch::track_batch).layer(DefaultBodyLimit::max(state.settings.batch_max_bytes)),
+        )
+        .route("/api/v1/impressions/pixel.gif", get(pixel::track_pixel))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -1,15 +1,40 @@
-//! `GET /api/v1/campaigns/{id}/stats`.
+//! `GET /api/v1/campaigns/{id}/stats`, optionally broken down per ad.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
+use impression_core::Stats;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, parse_campaign_id};
-use crate::error::{ApiError, ApiPath, ErrorBody};
+use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+
+/// Counted impressions over the two windows and in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WindowCounts {
+    /// Counted impressions in the last 3,600 seconds.
+    pub last_hour: u64,
+    /// Counted impressions in the last 86,400 seconds.
+    pub last_day: u64,
+    /// All counted impressions.
+    pub total: u64,
+}
+
+impl From<Stats> for WindowCounts {
+    fn from(s: Stats) -> Self {
+        WindowCounts {
+            last_hour: s.last_hour,
+            last_day: s.last_day,
+            total: s.total,
+        }
+    }
+}
 
 /// A campaign's counted impressions. Windows are exact at one-second
-/// resolution and include the current partial second.
+/// resolution and include the current partial second. Without `by=ad` the
+/// answer has exactly `campaign_id`, `last_hour`, `last_day` and `total`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatsBody {
     /// The campaign.
@@ -21,17 +46,54 @@ pub struct StatsBody {
     pub last_day: u64,
     /// All counted impressions.
     pub total: u64,
+    /// With `by=ad`: counts per ad id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ads: Option<BTreeMap<String, WindowCounts>>,
+    /// With `by=ad`: counts of ads beyond the per-campaign limit, which have
+    /// no counters of their own.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub other_ads: Option<WindowCounts>,
+    /// With `by=ad`: the most ads tracked per campaign (`MAX_ADS_PER_CAMPAIGN`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ads_limit: Option<u64>,
+    /// With `by=ad`: whether some ad exceeded the limit (see `other_ads`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ads_limit_exceeded: Option<bool>,
 }
 
-/// Reads a campaign's counts. Constant time whatever the campaign's volume.
+impl StatsBody {
+    fn plain(campaign_id: String, stats: Stats) -> Self {
+        StatsBody {
+            campaign_id,
+            last_hour: stats.last_hour,
+            last_day: stats.last_day,
+            total: stats.total,
+            ads: None,
+            other_ads: None,
+            ads_limit: None,
+            ads_limit_exceeded: None,
+        }
+    }
+}
+
+/// Query of the stats endpoint.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// `ad` adds a breakdown per ad.
+    pub by: Option<String>,
+}
+
+/// Reads a campaign's counts. Constant time whatever the campaign's volume
+/// (per ad: proportional to the number of ads).
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}/stats",
     tag = "stats",
-    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    params(("id" = String, Path, description = "Campaign id (UUID)"), StatsParams),
     responses(
         (status = 200, description = "The counts", body = StatsBody),
-        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 400, description = "The id is not a UUID, or `by` is not `ad`", body = ErrorBody),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
@@ -39,17 +101,44 @@ pub struct StatsBody {
 pub async fn campaign_stats(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<StatsParams>,
 ) -> Result<Json<StatsBody>, ApiError> {
     let id = parse_campaign_id(&id)?;
-    let stats = app
+    let by_ad = match params.by.as_deref() {
+        None => false,
+        Some("ad") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "by must be `ad`, got {:?}",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    let now = app.clock.now();
+    if !by_ad {
+        let stats = app
+            .store
+            .stats(id, now)
+            .await?
+            .ok_or(ApiError::CampaignNotFound(id))?;
+        return Ok(Json(StatsBody::plain(id.to_string(), stats)));
+    }
+    // One snapshot for the campaign and its ads, so they always add up.
+    let breakdown = app
         .store
-        .stats(id, app.clock.now())
+        .ad_stats(id, now)
         .await?
         .ok_or(ApiError::CampaignNotFound(id))?;
-    Ok(Json(StatsBody {
-        campaign_id: id.to_string(),
-        last_hour: stats.last_hour,
-        last_day: stats.last_day,
-        total: stats.total,
-    }))
+    let mut body = StatsBody::plain(id.to_string(), breakdown.campaign);
+    body.ads = Some(
+        breakdown
+            .ads
+            .into_iter()
+            .map(|(ad, s)| (ad.to_string(), s.into()))
+            .collect(),
+    );
+    body.other_ads = Some(breakdown.other.into());
+    body.ads_limit = Some(breakdown.limit as u64);
+    body.ads_limit_exceeded = Some(breakdown.limit_exceeded);
+    Ok(Json(body))
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use impression_core::{
-    Campaign, CampaignId, Engine, EngineConfig, Impression, Stats, Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Engine, EngineConfig, Impression, Resolution, Stats,
+    Timestamp, TrackOutcome,
 };
 
 use super::{Store, StoreError, StoreGauges};
@@ -61,6 +62,24 @@ impl Store for MemoryStore {
 
     async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError> {
         Ok(self.engine.stats(id, now))
+    }
+
+    async fn ad_stats(
+        &self,
+        id: CampaignId,
+        now: Timestamp,
+    ) -> Result<Option<AdBreakdown>, StoreError> {
+        Ok(self.engine.ad_stats(id, now))
+    }
+
+    async fn timeseries(
+        &self,
+        id: CampaignId,
+        resolution: Resolution,
+        first: u64,
+        count: usize,
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        Ok(self.engine.timeseries(id, resolution, first, count))
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

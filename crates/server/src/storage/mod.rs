@@ -17,7 +17,9 @@ pub mod memory;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use impression_core::{Campaign, CampaignId, Impression, Stats, Timestamp, TrackOutcome};
+use impression_core::{
+    AdBreakdown, Campaign, CampaignId, Impression, Resolution, Stats, Timestamp, TrackOutcome,
+};
 use thiserror::Error;
 
 /// Why a storage operation failed.
@@ -72,6 +74,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// The campaign's stats at `now`, or `None` if it does not exist.
     async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError>;
+
+    /// The campaign's stats per ad at `now`, or `None` if it does not exist.
+    async fn ad_stats(
+        &self,
+        id: CampaignId,
+        now: Timestamp,
+    ) -> Result<Option<AdBreakdown>, StoreError>;
+
+    /// Counted impressions in `count` buckets of `resolution`, the first
+    /// being bucket number `first` (Unix seconds / bucket width); `None` if
+    /// the campaign does not exist.
+    async fn timeseries(
+        &self,
+        id: CampaignId,
+        resolution: Resolution,
+        first: u64,
+        count: usize,
+    ) -> Result<Option<Vec<u64>>, StoreError>;
 
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn check_ready(&self) -> Result<(), StoreError>;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clap::Parser;
 use impression_core::{
-    Campaign, CampaignId, Clock, Impression, ManualClock, Stats, Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Clock, Impression, ManualClock, Resolution, Stats,
+    Timestamp, TrackOutcome,
 };
 use impression_counter::config::Config;
 use impression_counter::startup::Application;
@@ -260,6 +261,22 @@ impl Store for GatedStore {
     }
     async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError> {
         self.inner.stats(id, now).await
+    }
+    async fn ad_stats(
+        &self,
+        id: CampaignId,
+        now: Timestamp,
+    ) -> Result<Option<AdBreakdown>, StoreError> {
+        self.inner.ad_stats(id, now).await
+    }
+    async fn timeseries(
+        &self,
+        id: CampaignId,
+        resolution: Resolution,
+        first: u64,
+        count: usize,
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        self.inner.timeseries(id, resolution, first, count).await
     }
     async fn check_ready(&self) -> Result<(), StoreError> {
         Ok(())

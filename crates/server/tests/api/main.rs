@@ -4,11 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod batch;
+mod breakdowns;
 mod campaigns;
 mod concurrency;
 mod errors;
+mod event_time;
 mod helpers;
 mod impressions;
 mod operations;
+mod pixel;
 mod shutdown;
 mod stats;

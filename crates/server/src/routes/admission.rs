@@ -1,0 +1,166 @@
+//! Admission: the rules every track endpoint (single, batch, pixel) applies
+//! before an impression is queued, and the queueing itself.
+//!
+//! An impression is admitted when its ids are valid, its campaign exists,
+//! its event time (or, if absent, its receive time) lies within
+//! `[received - MAX_EVENT_AGE, received + MAX_CLOCK_SKEW]`, and the campaign
+//! had started by then. Everything here is decided synchronously, so the
+//! client learns of a bad impression in the response, never later.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use impression_core::{
+    AdId, Campaign, CampaignId, Impression, Rejection, Timestamp, TrackOutcome, UserId,
+};
+use tokio::sync::oneshot;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::RejectReason;
+use crate::timefmt::{format_rfc3339, parse_rfc3339};
+
+/// An event time as a client may send it.
+#[derive(Clone, Copy, Debug)]
+pub enum EventTime<'a> {
+    /// RFC 3339 text (JSON bodies, and the pixel's `ts`).
+    Rfc3339(&'a str),
+    /// The pixel's `ts` may also be Unix milliseconds.
+    RfcOrUnixMillis(&'a str),
+}
+
+/// Admits the impressions of one request. Campaign lookups are cached for
+/// the request, so a batch of 10,000 for one campaign looks it up once.
+pub struct Admission<'a> {
+    app: &'a AppState,
+    received_at: Timestamp,
+    campaigns: HashMap<CampaignId, Option<Arc<Campaign>>>,
+}
+
+impl<'a> Admission<'a> {
+    /// Admission for a request received at `received_at`.
+    pub fn new(app: &'a AppState, received_at: Timestamp) -> Self {
+        Admission {
+            app,
+            received_at,
+            campaigns: HashMap::new(),
+        }
+    }
+
+    /// Validates one impression and stamps it with its event time.
+    pub async fn admit(
+        &mut self,
+        campaign_id: &str,
+        ad_id: String,
+        user_id: String,
+        timestamp: Option<EventTime<'_>>,
+    ) -> Result<Impression, ApiError> {
+        let campaign_id: CampaignId = campaign_id.parse()?;
+        let ad_id = AdId::parse(ad_id)?;
+        let user_id = UserId::parse(user_id)?;
+        let timestamp = match timestamp {
+            None => self.received_at,
+            Some(t) => self.event_time(t)?,
+        };
+        let campaign = self.campaign(campaign_id).await?;
+        if !campaign.has_started(timestamp) {
+            return Err(not_started(&campaign));
+        }
+        Ok(Impression {
+            campaign_id,
+            ad_id,
+            user_id,
+            timestamp,
+        })
+    }
+
+    async fn campaign(&mut self, id: CampaignId) -> Result<Arc<Campaign>, ApiError> {
+        let found = match self.campaigns.get(&id) {
+            Some(found) => found.clone(),
+            None => {
+                let found = self.app.store.campaign(id).await?;
+                self.campaigns.insert(id, found.clone());
+                found
+            }
+        };
+        found.ok_or(ApiError::CampaignNotFound(id))
+    }
+
+    fn event_time(&self, t: EventTime<'_>) -> Result<Timestamp, ApiError> {
+        let t = match t {
+            EventTime::Rfc3339(text) => parse_rfc3339("timestamp", text)?,
+            EventTime::RfcOrUnixMillis(text) => match text.parse::<u64>() {
+                Ok(ms) => Timestamp::from_millis(ms),
+                Err(_) => parse_rfc3339("ts", text).map_err(|_| {
+                    ApiError::BadRequest(
+                        "ts must be Unix milliseconds or an RFC 3339 timestamp".into(),
+                    )
+                })?,
+            },
+        };
+        let settings = &self.app.settings;
+        let earliest = self.received_at.saturating_sub(settings.max_event_age);
+        let latest = self.received_at.saturating_add(settings.max_clock_skew);
+        if t < earliest || t > latest {
+            return Err(ApiError::BadRequest(format!(
+                "timestamp {} is outside the accepted range {} ..= {}: events may be at most \
+                 {} old (MAX_EVENT_AGE) and {} ahead of the server clock (MAX_CLOCK_SKEW)",
+                format_rfc3339(t),
+                format_rfc3339(earliest),
+                format_rfc3339(latest),
+                humantime::format_duration(settings.max_event_age),
+                humantime::format_duration(settings.max_clock_skew),
+            )));
+        }
+        Ok(t)
+    }
+}
+
+/// The 409 for an impression before its campaign's start.
+pub fn not_started(campaign: &Campaign) -> ApiError {
+    ApiError::CampaignNotStarted {
+        id: campaign.id,
+        starts: Some(format_rfc3339(campaign.start_time)),
+    }
+}
+
+/// The error for an impression the store refused at apply time. Admission
+/// rules these out (campaigns are immutable and never deleted), but every
+/// outcome must have an answer.
+pub fn rejection_error(rejection: Rejection, id: CampaignId) -> ApiError {
+    match rejection {
+        Rejection::UnknownCampaign => ApiError::CampaignNotFound(id),
+        Rejection::NotStarted => ApiError::CampaignNotStarted { id, starts: None },
+    }
+}
+
+/// The rejection reason a metrics label gives an error.
+pub fn reject_reason(e: &ApiError) -> RejectReason {
+    match e {
+        ApiError::CampaignNotFound(_) => RejectReason::UnknownCampaign,
+        ApiError::CampaignNotStarted { .. } => RejectReason::NotStarted,
+        ApiError::QueueFull => RejectReason::QueueFull,
+        ApiError::Unavailable(_) | ApiError::Internal(_) => RejectReason::Unavailable,
+        _ => RejectReason::Invalid,
+    }
+}
+
+/// Queues admitted impressions. Returns their outcomes when the caller asked
+/// to wait or the backend acknowledges only after writing, `None` otherwise
+/// (queued is enough).
+pub async fn enqueue(
+    app: &AppState,
+    impressions: Vec<Impression>,
+    wait: bool,
+) -> Result<Option<Vec<TrackOutcome>>, ApiError> {
+    if !(wait || app.store.acknowledges_after_apply()) {
+        app.queue.submit(impressions, None).await?;
+        return Ok(None);
+    }
+    let (completion, processed) = oneshot::channel();
+    app.queue.submit(impressions, Some(completion)).await?;
+    let outcomes = processed
+        .await
+        .map_err(|_| ApiError::Unavailable("the service stopped before processing".into()))??;
+    Ok(Some(outcomes))
+}

@@ -1,0 +1,300 @@
+//! `POST /api/v1/impressions/batch`: many impressions in one request.
+//!
+//! The body is a JSON array of track requests (`application/json`) or one
+//! object per line (`application/x-ndjson`). Items are validated one by one:
+//! valid ones are queued together as one job, invalid ones are reported with
+//! their index, status code and reason; the batch is not all-or-nothing.
+//! A body that cannot be read as a batch at all is a 400; one over the item
+//! or byte limit is a 413.
+//!
+//! A batch costs far less per impression than single requests: one HTTP
+//! exchange, one campaign lookup per campaign, one queue job, and the engine
+//! takes each lock once per run of the batch.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use impression_core::{Impression, TrackOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
+use super::impressions::{TrackImpressionRequest, TrackParams};
+use crate::error::{ApiError, ApiQuery, ErrorBody};
+
+/// One refused item of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RejectedItem {
+    /// Position in the batch (array index, or item number among the
+    /// non-empty NDJSON lines), from 0.
+    pub index: usize,
+    /// Why it was refused.
+    pub error: String,
+    /// The status a single request would have got: 400, 404 or 409.
+    pub code: u16,
+}
+
+/// Answer when the batch was validated and queued.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchAccepted {
+    /// Items queued for counting.
+    pub accepted: usize,
+    /// Items refused, with the reason.
+    pub rejected: Vec<RejectedItem>,
+}
+
+/// Answer with `?wait=true`, once every accepted item was processed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchProcessed {
+    /// Items counted.
+    pub counted: usize,
+    /// Items found to be duplicates within the TTL.
+    pub duplicates: usize,
+    /// Items refused, with the reason.
+    pub rejected: Vec<RejectedItem>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    JsonArray,
+    Ndjson,
+}
+
+/// Tracks a batch of impressions.
+#[utoipa::path(
+    post,
+    path = "/api/v1/impressions/batch",
+    tag = "impressions",
+    params(TrackParams),
+    request_body(
+        description = "A JSON array of track requests, or NDJSON (one per line)",
+        content(
+            (Vec<TrackImpressionRequest> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 202, description = "Validated; valid items queued, invalid ones listed", body = BatchAccepted),
+        (status = 200, description = "With wait=true: processed", body = BatchProcessed),
+        (status = 400, description = "Not a batch at all (not an array, not NDJSON, empty)", body = ErrorBody),
+        (status = 413, description = "Over the item limit (10,000) or the byte limit (8 MiB)", body = ErrorBody),
+        (status = 415, description = "Content-Type is neither application/json nor application/x-ndjson", body = ErrorBody),
+        (status = 503, description = "Queue full or storage unavailable; see Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    )
+)]
+pub async fn track_batch(
+    State(app): State<AppState>,
+    ApiQuery(params): ApiQuery<TrackParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let received_at = app.clock.now();
+    let format = format_of(&headers)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "the batch body is over {} bytes; split it into smaller requests",
+            app.settings.batch_max_bytes
+        )),
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let items = split_items(&body, format)?;
+    let max = app.settings.batch_max_items;
+    if items.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch holds {} impressions; at most {max} per request",
+            items.len()
+        )));
+    }
+    if items.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the batch holds no impressions".into(),
+        ));
+    }
+
+    let mut admission = Admission::new(&app, received_at);
+    let mut valid: Vec<Impression> = Vec::with_capacity(items.len());
+    let mut valid_index: Vec<usize> = Vec::with_capacity(items.len());
+    let mut rejected: Vec<RejectedItem> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        app.metrics.impression_received();
+        let admitted = match item {
+            Ok(req) => {
+                admission
+                    .admit(
+                        &req.campaign_id,
+                        req.ad_id,
+                        req.user_id,
+                        req.timestamp.as_deref().map(EventTime::Rfc3339),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match admitted {
+            Ok(impression) => {
+                valid.push(impression);
+                valid_index.push(index);
+            }
+            Err(e) => {
+                app.metrics.impression_rejected(reject_reason(&e));
+                rejected.push(RejectedItem {
+                    index,
+                    code: e.status().as_u16(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
+    let accepted = valid.len();
+    let campaign_of: Vec<_> = valid.iter().map(|i| i.campaign_id).collect();
+    let outcomes = if valid.is_empty() {
+        params.wait.then(Vec::new)
+    } else {
+        enqueue(&app, valid, params.wait).await.inspect_err(|e| {
+            app.metrics
+                .impression_rejected_many(reject_reason(e), accepted)
+        })?
+    };
+    match outcomes {
+        Some(outcomes) if params.wait => {
+            let (mut counted, mut duplicates) = (0, 0);
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                match outcome {
+                    TrackOutcome::Counted => counted += 1,
+                    TrackOutcome::Duplicate => duplicates += 1,
+                    TrackOutcome::Rejected(r) => {
+                        let e = rejection_error(r, campaign_of[i]);
+                        rejected.push(RejectedItem {
+                            index: valid_index[i],
+                            code: e.status().as_u16(),
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            rejected.sort_by_key(|r| r.index);
+            let body = BatchProcessed {
+                counted,
+                duplicates,
+                rejected,
+            };
+            Ok((StatusCode::OK, Json(body)).into_response())
+        }
+        _ => {
+            let body = BatchAccepted { accepted, rejected };
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+    }
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Format::JsonArray),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
+        _ => Err(ApiError::UnsupportedMediaType(
+            "a batch must be `Content-Type: application/json` (an array of impressions) \
+             or `application/x-ndjson` (one impression per line)"
+                .into(),
+        )),
+    }
+}
+
+/// Splits the body into items, each parsed on its own so one bad item does
+/// not sink the others.
+fn split_items(
+    body: &[u8],
+    format: Format,
+) -> Result<Vec<Result<TrackImpressionRequest, ApiError>>, ApiError> {
+    let parse = |index: usize, raw: &[u8]| {
+        serde_json::from_slice::<TrackImpressionRequest>(raw)
+            .map_err(|e| ApiError::BadRequest(format!("item {index}: {e}")))
+    };
+    match format {
+        Format::JsonArray => {
+            // Raw values borrow from the body: the array is split without
+            // building a tree of every item.
+            let raw: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+                ApiError::BadRequest(format!("the body must be a JSON array of impressions: {e}"))
+            })?;
+            Ok(raw
+                .iter()
+                .enumerate()
+                .map(|(i, r)| parse(i, r.get().as_bytes()))
+                .collect())
+        }
+        Format::Ndjson => Ok(body
+            .split(|&b| b == b'\n')
+            .map(|line| line.trim_ascii())
+            .filter(|line| !line.is_empty())
+            .enumerate()
+            .map(|(i, line)| parse(i, line))
+            .collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_reports_broken_ones_by_item_number() {
+        let body = b"{\"campaign_id\":\"c\",\"user_id\":\"u\",\"ad_id\":\"a\"}\r\n\n{broken\n  \n{\"campaign_id\":\"c\",\"user_id\":\"u2\",\"ad_id\":\"a\"}\n";
+        let items = split_items(body, Format::Ndjson).unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[2].is_ok());
+        let err = items[1].as_ref().unwrap_err().to_string();
+        assert!(err.starts_with("item 1:"), "{err}");
+    }
+
+    #[test]
+    fn a_json_body_that_is_not_an_array_is_refused_whole() {
+        for body in [&b"{\"campaign_id\":\"c\"}"[..], b"[1, 2", b"", b"null"] {
+            let err = split_items(body, Format::JsonArray).unwrap_err();
+            assert!(
+                err.to_string().starts_with("the body must be a JSON array"),
+                "{err}"
+            );
+        }
+        let items = split_items(
+            b"[1, {\"campaign_id\":\"c\",\"user_id\":\"u\",\"ad_id\":\"a\"}]",
+            Format::JsonArray,
+        )
+        .unwrap();
+        assert!(items[0].is_err() && items[1].is_ok());
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(format_of(&h).is_err());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(format_of(&h).unwrap(), Format::JsonArray);
+        h.insert(
+            header::CONTENT_TYPE,
+            "Application/X-NDJSON".parse().unwrap(),
+        );
+        assert_eq!(format_of(&h).unwrap(), Format::Ndjson);
+        h.insert(header::CONTENT_TYPE, "text/csv".parse().unwrap());
+        assert!(format_of(&h).is_err());
+    }
+}
