@@ -7,6 +7,7 @@
 //! them all with their defaults.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -111,6 +112,40 @@ pub struct Config {
     #[arg(long, env = "PIXEL_COOKIE", default_value = "uid", value_parser = parse_cookie_name)]
     pub pixel_cookie: String,
 
+    /// Where state lives: `memory` (lost on exit), `disk` (durable log and
+    /// snapshots in DATA_DIR) or `redis` (shared by many nodes).
+    #[arg(long, env = "STORAGE", value_enum, default_value_t = StorageKind::Memory)]
+    pub storage: StorageKind,
+
+    /// Shorthand for `STORAGE=memory`.
+    #[arg(long)]
+    pub in_memory: bool,
+
+    /// Directory of the durable state (`STORAGE=disk`).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// When the durable log is fsynced: `always` (before every
+    /// acknowledgement, with group commit), `everysec`, or `no` (left to the
+    /// OS).
+    #[arg(long, env = "FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
+    pub fsync: FsyncPolicy,
+
+    /// Redis URL for `STORAGE=redis` (`redis://[:password@]host:port[/db]`,
+    /// `rediss://` for TLS).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis Cluster seed nodes for `STORAGE=redis`, comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`); takes precedence over
+    /// REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Prefix of every Redis key this service writes.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "ic:")]
+    pub redis_prefix: String,
+
     /// Log filter, in `tracing` `EnvFilter` syntax (e.g. `info`,
     /// `impression_counter=debug`).
     #[arg(long = "rust-log", env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
@@ -128,6 +163,28 @@ pub enum ScopeArg {
     Ad,
     /// One count per (campaign, user) per TTL.
     Campaign,
+}
+
+/// `STORAGE` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// The embedded engine only; everything is lost on exit.
+    Memory,
+    /// The embedded engine, made durable by a log and snapshots in DATA_DIR.
+    Disk,
+    /// Redis or Redis Cluster, shared by many stateless nodes.
+    Redis,
+}
+
+/// `FSYNC` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging; concurrent writers share one fsync.
+    Always,
+    /// fsync once a second: power loss loses at most about a second.
+    Everysec,
+    /// Never fsync explicitly; the OS writes back when it likes.
+    No,
 }
 
 /// `LOG_FORMAT` values.
@@ -152,6 +209,15 @@ impl Config {
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind_addr, self.server_port)
+    }
+
+    /// The storage backend, `--in-memory` taking precedence.
+    pub fn storage_kind(&self) -> StorageKind {
+        if self.in_memory {
+            StorageKind::Memory
+        } else {
+            self.storage
+        }
     }
 
     /// Number of ingest workers, resolving the default.

@@ -20,12 +20,19 @@ use crate::config::Config;
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
 use crate::metrics::Metrics;
 use crate::routes::{self, ApiSettings, AppState};
-use crate::storage::Store;
-use crate::storage::memory::MemoryStore;
+use crate::storage::{self, Store};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The storage backend could not be opened.
+    #[error("cannot open the {kind:?} storage: {source}")]
+    Storage {
+        /// Which backend.
+        kind: crate::config::StorageKind,
+        /// The cause.
+        source: crate::storage::StoreError,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -41,6 +48,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
+    store: Arc<dyn Store>,
     workers: Workers,
     maintenance: JoinHandle<()>,
     stop_maintenance: CancellationToken,
@@ -50,8 +58,14 @@ impl Application {
     /// Builds the application with the backend and clock the configuration
     /// implies.
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
-        let store = Arc::new(MemoryStore::new(config.engine()));
-        Self::build_with(config, store, Arc::new(SystemClock)).await
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = storage::open(config, Arc::clone(&clock))
+            .await
+            .map_err(|source| StartupError::Storage {
+                kind: config.storage_kind(),
+                source,
+            })?;
+        Self::build_with(config, store, clock).await
     }
 
     /// Builds the application around a given backend and clock (tests pass a
@@ -87,19 +101,27 @@ impl Application {
             Arc::clone(&clock),
             stop_maintenance.clone(),
         );
-        let state = AppState::new(store, clock, queue, metrics, ApiSettings::from(config));
+        let state = AppState::new(
+            Arc::clone(&store),
+            clock,
+            queue,
+            metrics,
+            ApiSettings::from(config),
+        );
         tracing::info!(
             %addr,
             ttl = ?config.ttl,
             queue = config.impressions_queue_size,
             workers = config.workers(),
             scope = ?config.dedup_scope,
+            storage = ?config.storage_kind(),
             "impression-counter listening"
         );
         Ok(Application {
             listener,
             addr,
             state,
+            store,
             workers,
             maintenance,
             stop_maintenance,
@@ -140,6 +162,10 @@ impl Application {
         self.workers.drain().await;
         self.stop_maintenance.cancel();
         let _ = self.maintenance.await;
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the storage failed");
+            return Err(std::io::Error::other(e));
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }

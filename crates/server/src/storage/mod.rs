@@ -16,7 +16,9 @@ pub mod memory;
 
 use std::sync::Arc;
 
+use crate::config::{Config, StorageKind};
 use async_trait::async_trait;
+use impression_core::Clock;
 use impression_core::{
     AdBreakdown, Campaign, CampaignId, Impression, Resolution, Stats, Timestamp, TrackOutcome,
 };
@@ -105,4 +107,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sizes for the metrics endpoint.
     fn gauges(&self) -> StoreGauges;
+
+    /// Flushes and releases everything; called once, after the last batch was
+    /// applied at shutdown.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Opens the backend the configuration names.
+pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, StoreError> {
+    let _ = &clock;
+    match config.storage_kind() {
+        StorageKind::Memory => Ok(Arc::new(memory::MemoryStore::new(config.engine()))),
+        other => Err(StoreError::Unavailable(format!(
+            "the {other:?} backend is not available in this build"
+        ))),
+    }
 }

@@ -13,11 +13,13 @@ use impression_core::{
 use impression_counter::config::Config;
 use impression_counter::startup::Application;
 use impression_counter::storage::memory::MemoryStore;
-use impression_counter::storage::{Store, StoreError, StoreGauges};
+use impression_counter::storage::{self, Store, StoreError, StoreGauges};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+use crate::backends::{Backend, Guard};
 
 /// 2025-01-01T00:00:00Z: where every test clock starts.
 pub const T0: Timestamp = Timestamp::from_secs(1_735_689_600);
@@ -29,6 +31,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    _guard: Option<Guard>,
 }
 
 /// Flags for the test configuration; port 0 and loopback are always set.
@@ -49,16 +52,36 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// The application with extra flags (e.g. `["--ttl", "2s"]`).
+/// The application with extra flags (e.g. `["--ttl", "2s"]`), in memory.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
-    let config = config(flags);
-    let store = Arc::new(MemoryStore::new(config.engine()));
-    spawn_app_on(config, store).await
+    spawn(Backend::Memory, flags).await
+}
+
+/// The application on a backend, with extra flags.
+pub async fn spawn(backend: Backend, flags: &[&str]) -> TestApp {
+    let (backend_flags, guard) = backend.prepare().await;
+    let mut all: Vec<&str> = backend_flags.iter().map(String::as_str).collect();
+    all.extend_from_slice(flags);
+    let config = config(&all);
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = storage::open(&config, Arc::clone(&clock) as Arc<dyn Clock>)
+        .await
+        .expect("the backend opens");
+    let mut app = spawn_app_on_clock(config, store, clock).await;
+    app._guard = Some(guard);
+    app
 }
 
 /// The application around a given store.
 pub async fn spawn_app_on(config: Config, store: Arc<dyn Store>) -> TestApp {
-    let clock = Arc::new(ManualClock::new(T0));
+    spawn_app_on_clock(config, store, Arc::new(ManualClock::new(T0))).await
+}
+
+async fn spawn_app_on_clock(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) -> TestApp {
     let app = Application::build_with(&config, store, Arc::clone(&clock) as Arc<dyn Clock>)
         .await
         .expect("the application builds");
@@ -73,6 +96,7 @@ pub async fn spawn_app_on(config: Config, store: Arc<dyn Store>) -> TestApp {
         clock,
         stop: Some(stop),
         server: Some(server),
+        _guard: None,
     }
 }
 

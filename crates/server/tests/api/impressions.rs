@@ -3,88 +3,94 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::backend_test;
 use crate::helpers::{
-    GatedStore, T0, assert_error, config, eventually, spawn_app, spawn_app_on, spawn_app_with,
+    GatedStore, T0, assert_error, config, eventually, spawn, spawn_app, spawn_app_on,
 };
 
-#[tokio::test]
-async fn track_answers_202_and_is_counted() {
-    let app = spawn_app().await;
-    let c = app.create_campaign("c").await;
-    let response = app.track(&c, "user-1", "ad-1").await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(response.headers()["content-type"], "application/json");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body, json!({ "message": "impression accepted" }));
-    eventually(Duration::from_secs(5), || async {
-        app.counts(&c).await == (1, 1, 1)
-    })
-    .await;
+backend_test! {
+    async fn track_answers_202_and_is_counted(backend: Backend) {
+        let app = spawn(backend, &[]).await;
+        let c = app.create_campaign("c").await;
+        let response = app.track(&c, "user-1", "ad-1").await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!({ "message": "impression accepted" }));
+        eventually(Duration::from_secs(5), || async {
+            app.counts(&c).await == (1, 1, 1)
+        })
+        .await;
+    }
 }
 
-#[tokio::test]
-async fn wait_true_reports_counted_then_duplicate() {
-    let app = spawn_app().await;
-    let c = app.create_campaign("c").await;
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "duplicate");
-    assert_eq!(app.track_and_wait(&c, "u", "other-ad").await, "counted");
-    assert_eq!(app.track_and_wait(&c, "other-user", "a").await, "counted");
-    assert_eq!(app.counts(&c).await, (3, 3, 3));
+backend_test! {
+    async fn wait_true_reports_counted_then_duplicate(backend: Backend) {
+        let app = spawn(backend, &[]).await;
+        let c = app.create_campaign("c").await;
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "duplicate");
+        assert_eq!(app.track_and_wait(&c, "u", "other-ad").await, "counted");
+        assert_eq!(app.track_and_wait(&c, "other-user", "a").await, "counted");
+        assert_eq!(app.counts(&c).await, (3, 3, 3));
+    }
 }
 
-#[tokio::test]
-async fn ttl_boundary_is_exact_to_the_millisecond() {
-    let app = spawn_app_with(&["--ttl", "2s"]).await;
-    let c = app.create_campaign("c").await;
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
-    app.clock.advance(Duration::from_millis(1999));
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "duplicate");
-    app.clock.advance(Duration::from_millis(1));
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
-    // The duplicate at 1999 ms did not extend the window: the next one opens
-    // at 2000 ms, so 3999 ms is a duplicate and 4000 ms counts.
-    app.clock.advance(Duration::from_millis(1999));
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "duplicate");
-    app.clock.advance(Duration::from_millis(1));
-    assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
-    assert_eq!(app.counts(&c).await.2, 3);
+backend_test! {
+    async fn ttl_boundary_is_exact_to_the_millisecond(backend: Backend) {
+        let app = spawn(backend, &["--ttl", "2s"]).await;
+        let c = app.create_campaign("c").await;
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
+        app.clock.advance(Duration::from_millis(1999));
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "duplicate");
+        app.clock.advance(Duration::from_millis(1));
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
+        // The duplicate at 1999 ms did not extend the window: the next one opens
+        // at 2000 ms, so 3999 ms is a duplicate and 4000 ms counts.
+        app.clock.advance(Duration::from_millis(1999));
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "duplicate");
+        app.clock.advance(Duration::from_millis(1));
+        assert_eq!(app.track_and_wait(&c, "u", "a").await, "counted");
+        assert_eq!(app.counts(&c).await.2, 3);
+    }
 }
 
-#[tokio::test]
-async fn campaign_scope_counts_a_user_once_across_ads() {
-    let app = spawn_app_with(&["--dedup-scope", "campaign"]).await;
-    let c = app.create_campaign("c").await;
-    assert_eq!(app.track_and_wait(&c, "u", "ad-1").await, "counted");
-    assert_eq!(app.track_and_wait(&c, "u", "ad-2").await, "duplicate");
+backend_test! {
+    async fn campaign_scope_counts_a_user_once_across_ads(backend: Backend) {
+        let app = spawn(backend, &["--dedup-scope", "campaign"]).await;
+        let c = app.create_campaign("c").await;
+        assert_eq!(app.track_and_wait(&c, "u", "ad-1").await, "counted");
+        assert_eq!(app.track_and_wait(&c, "u", "ad-2").await, "duplicate");
+    }
 }
 
-#[tokio::test]
-async fn unknown_campaign_is_404_and_unstarted_is_409() {
-    let app = spawn_app().await;
-    let unknown = "0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a";
-    let message = assert_error(app.track(unknown, "u", "a").await, StatusCode::NOT_FOUND).await;
-    assert_eq!(message, format!("campaign {unknown} not found"));
+backend_test! {
+    async fn unknown_campaign_is_404_and_unstarted_is_409(backend: Backend) {
+        let app = spawn(backend, &[]).await;
+        let unknown = "0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a";
+        let message = assert_error(app.track(unknown, "u", "a").await, StatusCode::NOT_FOUND).await;
+        assert_eq!(message, format!("campaign {unknown} not found"));
 
-    let future: Value = app
-        .post_json(
-            "/api/v1/campaigns",
-            &json!({ "name": "later", "start_time": "2025-01-01T01:00:00Z" }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = future["id"].as_str().unwrap();
-    let message = assert_error(app.track(id, "u", "a").await, StatusCode::CONFLICT).await;
-    assert!(
-        message.contains("starts at 2025-01-01T01:00:00Z"),
-        "{message}"
-    );
+        let future: Value = app
+            .post_json(
+                "/api/v1/campaigns",
+                &json!({ "name": "later", "start_time": "2025-01-01T01:00:00Z" }),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = future["id"].as_str().unwrap();
+        let message = assert_error(app.track(id, "u", "a").await, StatusCode::CONFLICT).await;
+        assert!(
+            message.contains("starts at 2025-01-01T01:00:00Z"),
+            "{message}"
+        );
 
-    // From its start time on, it counts.
-    app.clock.set(T0.saturating_add(Duration::from_secs(3600)));
-    assert_eq!(app.track_and_wait(id, "u", "a").await, "counted");
+        // From its start time on, it counts.
+        app.clock.set(T0.saturating_add(Duration::from_secs(3600)));
+        assert_eq!(app.track_and_wait(id, "u", "a").await, "counted");
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod backends;
 mod batch;
 mod breakdowns;
 mod campaigns;

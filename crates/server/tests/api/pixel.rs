@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{T0, TestApp, spawn_app, spawn_app_with};
+use crate::backend_test;
+use crate::helpers::{T0, TestApp, spawn, spawn_app, spawn_app_with};
 
 async fn pixel(app: &TestApp, query: &str, cookie: Option<&str>) -> reqwest::Response {
     let mut request = app
@@ -34,22 +35,23 @@ async fn assert_gif(response: reqwest::Response, status: StatusCode) -> Option<S
     error
 }
 
-#[tokio::test]
-async fn the_pixel_counts_like_the_post() {
-    let app = spawn_app().await;
-    let c = app.create_campaign("c").await;
-    let error = assert_gif(
-        pixel(&app, &format!("campaign_id={c}&ad_id=a&user_id=u1"), None).await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(error, None);
-    crate::helpers::eventually(Duration::from_secs(5), || async {
-        app.counts(&c).await.2 == 1
-    })
-    .await;
-    // The same key through the POST is a duplicate.
-    assert_eq!(app.track_and_wait(&c, "u1", "a").await, "duplicate");
+backend_test! {
+    async fn the_pixel_counts_like_the_post(backend: Backend) {
+        let app = spawn(backend, &[]).await;
+        let c = app.create_campaign("c").await;
+        let error = assert_gif(
+            pixel(&app, &format!("campaign_id={c}&ad_id=a&user_id=u1"), None).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(error, None);
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            app.counts(&c).await.2 == 1
+        })
+        .await;
+        // The same key through the POST is a duplicate.
+        assert_eq!(app.track_and_wait(&c, "u1", "a").await, "duplicate");
+    }
 }
 
 #[tokio::test]
@@ -129,54 +131,55 @@ async fn refusals_carry_the_status_and_the_reason() {
     }
 }
 
-#[tokio::test]
-async fn ts_accepts_unix_milliseconds_and_rfc3339() {
-    let app = spawn_app_with(&["--max-event-age", "1h"]).await;
-    let c = app.create_campaign("c").await;
-    app.clock.advance(Duration::from_secs(7200));
-    // 30 minutes ago, in both forms: late events land in their own minute.
-    let ms = T0.as_millis() + 5400 * 1000;
-    assert_gif(
-        pixel(
-            &app,
-            &format!("campaign_id={c}&ad_id=a&user_id=u1&ts={ms}"),
-            None,
+backend_test! {
+    async fn ts_accepts_unix_milliseconds_and_rfc3339(backend: Backend) {
+        let app = spawn(backend, &["--max-event-age", "1h"]).await;
+        let c = app.create_campaign("c").await;
+        app.clock.advance(Duration::from_secs(7200));
+        // 30 minutes ago, in both forms: late events land in their own minute.
+        let ms = T0.as_millis() + 5400 * 1000;
+        assert_gif(
+            pixel(
+                &app,
+                &format!("campaign_id={c}&ad_id=a&user_id=u1&ts={ms}"),
+                None,
+            )
+            .await,
+            StatusCode::OK,
         )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_gif(
-        pixel(
-            &app,
-            &format!("campaign_id={c}&ad_id=a&user_id=u2&ts=2025-01-01T01:30:00%2B00:00"),
-            None,
+        .await;
+        assert_gif(
+            pixel(
+                &app,
+                &format!("campaign_id={c}&ad_id=a&user_id=u2&ts=2025-01-01T01:30:00%2B00:00"),
+                None,
+            )
+            .await,
+            StatusCode::OK,
         )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
-    crate::helpers::eventually(Duration::from_secs(5), || async {
-        app.counts(&c).await.2 == 2
-    })
-    .await;
-    let series: serde_json::Value = app
-        .get(&format!(
-            "/api/v1/campaigns/{c}/timeseries?resolution=minute&window=60m"
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    // 60 buckets ending with the current minute, 02:00: 01:30 is the 30th.
-    let points = series["points"].as_array().unwrap();
-    assert_eq!(points[29]["t"], "2025-01-01T01:30:00Z");
-    assert_eq!(points[29]["count"], 2);
-    assert_eq!(
-        points
-            .iter()
-            .map(|p| p["count"].as_u64().unwrap())
-            .sum::<u64>(),
-        2
-    );
+        .await;
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            app.counts(&c).await.2 == 2
+        })
+        .await;
+        let series: serde_json::Value = app
+            .get(&format!(
+                "/api/v1/campaigns/{c}/timeseries?resolution=minute&window=60m"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        // 60 buckets ending with the current minute, 02:00: 01:30 is the 30th.
+        let points = series["points"].as_array().unwrap();
+        assert_eq!(points[29]["t"], "2025-01-01T01:30:00Z");
+        assert_eq!(points[29]["count"], 2);
+        assert_eq!(
+            points
+                .iter()
+                .map(|p| p["count"].as_u64().unwrap())
+                .sum::<u64>(),
+            2
+        );
+    }
 }

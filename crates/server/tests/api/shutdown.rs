@@ -50,6 +50,7 @@ fn the_binary_exits_0_on_sigterm_after_draining() {
         .env("BIND_ADDR", "127.0.0.1")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env("STORAGE", "memory")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
