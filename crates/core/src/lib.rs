@@ -15,6 +15,7 @@
 //! * [`engine`]: the above put together, thread-safe, batch-first
 //!   ([`Engine`]).
 //! * [`time`]: [`Timestamp`] and the injectable [`Clock`].
+//! * [`reference`]: a naive model of the same rules, for property tests.
 //! * [`error`]: validation errors, worded for API clients.
 
 pub mod campaign;
@@ -22,6 +23,7 @@ pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod impression;
+pub mod reference;
 pub mod stats;
 pub mod time;
 pub mod window;

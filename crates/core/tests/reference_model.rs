@@ -1,5 +1,6 @@
-//! The engine against a naive reference model: a plain list of counted
-//! impressions, scanned for every decision and every stats answer.
+//! The engine against the naive reference model
+//! ([`impression_core::reference::ReferenceModel`]): a plain list of counted
+//! impressions, scanned for every decision and every answer.
 //!
 //! Random sequences of batches, clock advances (small steps, jumps across the
 //! TTL and the hour and day edges), out-of-order, late (up to a day) and
@@ -11,9 +12,10 @@
 
 use std::time::Duration;
 
+use impression_core::reference::ReferenceModel;
 use impression_core::{
     AdId, Campaign, CampaignId, CampaignName, DedupScope, Engine, EngineConfig, Impression,
-    Rejection, Resolution, Stats, Timestamp, TrackOutcome, UserId,
+    Resolution, Timestamp, UserId,
 };
 use proptest::prelude::*;
 
@@ -21,7 +23,7 @@ use proptest::prelude::*;
 const T0: u64 = 1_735_689_600_000;
 /// Clock skew allowed ahead of now.
 const SKEW_MS: i64 = 5_000;
-/// Distinct ads with their own counters; the model uses 3, so one overflows.
+/// Distinct ads with their own counters; the ops use 3, so one overflows.
 const MAX_ADS: usize = 2;
 
 #[derive(Clone, Debug)]
@@ -59,88 +61,6 @@ fn op(ttl_ms: u64, max_late_ms: i64) -> impl Strategy<Value = Op> {
     ]
 }
 
-struct Model {
-    ttl_ms: u64,
-    scope: DedupScope,
-    /// Campaign index and start time; index 3 is never created.
-    starts: [Option<u64>; 4],
-    /// (campaign, ad, user, timestamp) of every counted impression.
-    counted: Vec<(usize, u8, u8, u64)>,
-}
-
-fn window(counted: &mut dyn Iterator<Item = u64>, now: u64) -> Stats {
-    let now_sec = now / 1000;
-    let (mut s, mut n) = (Stats::default(), 0);
-    for t in counted {
-        n += 1;
-        s.last_hour += u64::from(t / 1000 + 3600 > now_sec);
-        s.last_day += u64::from(t / 1000 + 86_400 > now_sec);
-    }
-    s.total = n;
-    s
-}
-
-impl Model {
-    fn track(&mut self, c: usize, ad: u8, user: u8, t: u64) -> TrackOutcome {
-        let Some(start) = self.starts[c] else {
-            return TrackOutcome::Rejected(Rejection::UnknownCampaign);
-        };
-        if t < start {
-            return TrackOutcome::Rejected(Rejection::NotStarted);
-        }
-        let same_key = |&&(c2, ad2, u2, _): &&(usize, u8, u8, u64)| {
-            c2 == c && u2 == user && (self.scope == DedupScope::Campaign || ad2 == ad)
-        };
-        let last = self.counted.iter().filter(same_key).map(|e| e.3).max();
-        if last.is_some_and(|l| l.abs_diff(t) < self.ttl_ms) {
-            return TrackOutcome::Duplicate;
-        }
-        self.counted.push((c, ad, user, t));
-        TrackOutcome::Counted
-    }
-
-    fn stats(&self, c: usize, now: u64) -> Option<Stats> {
-        self.starts[c]?;
-        Some(window(
-            &mut self.counted.iter().filter(|e| e.0 == c).map(|e| e.3),
-            now,
-        ))
-    }
-
-    /// Per-ad stats: the first MAX_ADS ads counted get their own, the rest
-    /// are summed in `other`.
-    fn ad_stats(&self, c: usize, now: u64) -> Option<(Vec<(String, Stats)>, Stats)> {
-        self.starts[c]?;
-        let mut own: Vec<u8> = Vec::new();
-        for e in self.counted.iter().filter(|e| e.0 == c) {
-            if !own.contains(&e.1) && own.len() < MAX_ADS {
-                own.push(e.1);
-            }
-        }
-        let mine = || self.counted.iter().filter(|e| e.0 == c);
-        let mut ads: Vec<(String, Stats)> = own
-            .iter()
-            .map(|&ad| {
-                let s = window(&mut mine().filter(|e| e.1 == ad).map(|e| e.3), now);
-                (format!("ad-{ad}"), s)
-            })
-            .collect();
-        ads.sort_by(|a, b| a.0.cmp(&b.0));
-        let other = window(
-            &mut mine().filter(|e| !own.contains(&e.1)).map(|e| e.3),
-            now,
-        );
-        Some((ads, other))
-    }
-
-    fn bucket_count(&self, c: usize, width_secs: u64, bucket: u64) -> u64 {
-        self.counted
-            .iter()
-            .filter(|e| e.0 == c && e.3 / 1000 / width_secs == bucket)
-            .count() as u64
-    }
-}
-
 fn id(c: usize) -> CampaignId {
     CampaignId::from_uuid(uuid::Uuid::from_u128(c as u128 + 1))
 }
@@ -151,31 +71,28 @@ fn run(
     scope: DedupScope,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
+    let ttl = Duration::from_millis(ttl_ms);
     let engine = Engine::new(EngineConfig {
-        ttl: Duration::from_millis(ttl_ms),
+        ttl,
         scope,
         max_lateness: Duration::from_millis(max_late_ms as u64),
         dedup_shards: 4,
         history_hours: 25,
         max_ads_per_campaign: MAX_ADS,
     });
-    // Campaign 2 starts 10 s after T0, so early impressions are rejected.
-    let mut model = Model {
-        ttl_ms,
-        scope,
-        starts: [Some(T0 - 60_000), Some(T0), Some(T0 + 10_000), None],
-        counted: Vec::new(),
-    };
-    for (c, start) in model.starts.iter().enumerate() {
-        if let Some(start) = start {
-            engine
-                .create_campaign(Campaign {
-                    id: id(c),
-                    name: CampaignName::parse("model").unwrap(),
-                    start_time: Timestamp::from_millis(*start),
-                })
-                .unwrap();
-        }
+    let mut model = ReferenceModel::new(ttl, scope, MAX_ADS);
+    // Campaign 2 starts 10 s after T0, so early impressions are rejected;
+    // campaign 3 never exists.
+    for (c, start) in [(0, T0 - 60_000), (1, T0), (2, T0 + 10_000)] {
+        let start = Timestamp::from_millis(start);
+        model.create_campaign(id(c), start);
+        engine
+            .create_campaign(Campaign {
+                id: id(c),
+                name: CampaignName::parse("model").unwrap(),
+                start_time: start,
+            })
+            .unwrap();
     }
 
     let mut now = T0;
@@ -184,56 +101,39 @@ fn run(
             Op::Advance(ms) => now += ms,
             Op::Expire => engine.expire(Timestamp::from_millis(now)),
             Op::Batch(items) => {
-                let at = |offset: i64| now.saturating_add_signed(offset);
                 let batch: Vec<Impression> = items
                     .iter()
                     .map(|&(c, ad, user, offset)| Impression {
                         campaign_id: id(c),
                         ad_id: AdId::parse(format!("ad-{ad}")).unwrap(),
                         user_id: UserId::parse(format!("user-{user}")).unwrap(),
-                        timestamp: Timestamp::from_millis(at(offset)),
+                        timestamp: Timestamp::from_millis(now.saturating_add_signed(offset)),
                     })
                     .collect();
                 let got = engine.track_batch(&batch, Timestamp::from_millis(now));
-                let want: Vec<TrackOutcome> = items
-                    .iter()
-                    .map(|&(c, ad, user, offset)| model.track(c, ad, user, at(offset)))
-                    .collect();
+                let want: Vec<_> = batch.iter().map(|i| model.track(i)).collect();
                 prop_assert_eq!(got, want, "batch {:?} at {}", items, now);
             }
         }
         let ts = Timestamp::from_millis(now);
         for c in 0..4 {
-            prop_assert_eq!(engine.stats(id(c), ts), model.stats(c, now));
-            let breakdown = engine.ad_stats(id(c), ts).map(|b| {
-                let ads: Vec<(String, Stats)> = b
-                    .ads
-                    .into_iter()
-                    .map(|(ad, s)| (ad.to_string(), s))
-                    .collect();
-                (ads, b.other)
-            });
-            prop_assert_eq!(breakdown, model.ad_stats(c, now));
-            if model.starts[c].is_none() {
-                continue;
-            }
+            prop_assert_eq!(engine.stats(id(c), ts), model.stats(id(c), ts));
+            prop_assert_eq!(engine.ad_stats(id(c), ts), model.ad_stats(id(c), ts));
             // Time series: the last 90 s by second, the last 90 min by
-            // minute, the last 30 h by hour, bucket by bucket.
-            let now_sec = now / 1000;
+            // minute, the last 25 h by hour, bucket by bucket.
             for (resolution, count) in [
                 (Resolution::Second, 90u64),
                 (Resolution::Minute, 90),
                 (Resolution::Hour, 25),
             ] {
-                let width = resolution.secs();
-                let first = now_sec / width + 1 - count;
-                let got = engine
-                    .timeseries(id(c), resolution, first, count as usize)
-                    .unwrap();
-                let want: Vec<u64> = (first..first + count)
-                    .map(|b| model.bucket_count(c, width, b))
-                    .collect();
-                prop_assert_eq!(got, want, "{:?} series of campaign {}", resolution, c);
+                let first = ts.as_secs() / resolution.secs() + 1 - count;
+                prop_assert_eq!(
+                    engine.timeseries(id(c), resolution, first, count as usize),
+                    model.series(id(c), resolution, first, count as usize),
+                    "{:?} series of campaign {}",
+                    resolution,
+                    c
+                );
             }
         }
     }

@@ -28,6 +28,25 @@ impl Backend {
     }
 }
 
+/// Opens this backend's store with the test configuration and `flags`.
+pub async fn open_store(
+    backend: Backend,
+    flags: &[&str],
+    clock: std::sync::Arc<dyn impression_core::Clock>,
+) -> (
+    std::sync::Arc<dyn impression_counter::storage::Store>,
+    Guard,
+) {
+    let (backend_flags, guard) = backend.prepare().await;
+    let mut all: Vec<&str> = backend_flags.iter().map(String::as_str).collect();
+    all.extend_from_slice(flags);
+    let config = crate::helpers::config(&all);
+    let store = impression_counter::storage::open(&config, clock)
+        .await
+        .expect("the backend opens");
+    (store, guard)
+}
+
 /// Runs one async test body against every backend.
 #[macro_export]
 macro_rules! backend_test {

@@ -13,6 +13,7 @@ mod errors;
 mod event_time;
 mod helpers;
 mod impressions;
+mod model;
 mod operations;
 mod pixel;
 mod shutdown;

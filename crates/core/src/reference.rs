@@ -1,0 +1,147 @@
+//! A naive reference model of the counting rules, for tests.
+//!
+//! It keeps every counted impression in a list and scans it for every
+//! decision and every answer: obviously right, hopelessly slow. Property
+//! tests drive the real engine (and every storage backend) and this model
+//! with the same random operations and compare every answer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::campaign::CampaignId;
+use crate::dedup::DedupScope;
+use crate::impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
+use crate::stats::{AdBreakdown, LAST_DAY_SECS, LAST_HOUR_SECS, Stats};
+use crate::time::{Timestamp, duration_millis};
+use crate::window::Resolution;
+
+/// The model: campaigns' start times and every counted impression.
+#[derive(Clone, Debug)]
+pub struct ReferenceModel {
+    ttl_ms: u64,
+    scope: DedupScope,
+    max_ads: usize,
+    starts: HashMap<CampaignId, Timestamp>,
+    counted: Vec<(CampaignId, AdId, UserId, Timestamp)>,
+}
+
+impl ReferenceModel {
+    /// A model with this TTL, scope and per-campaign ad limit.
+    pub fn new(ttl: Duration, scope: DedupScope, max_ads: usize) -> Self {
+        ReferenceModel {
+            ttl_ms: duration_millis(ttl),
+            scope,
+            max_ads,
+            starts: HashMap::new(),
+            counted: Vec::new(),
+        }
+    }
+
+    /// Registers a campaign.
+    pub fn create_campaign(&mut self, id: CampaignId, start: Timestamp) {
+        self.starts.insert(id, start);
+    }
+
+    /// Decides one impression, recording it if counted.
+    pub fn track(&mut self, imp: &Impression) -> TrackOutcome {
+        let Some(&start) = self.starts.get(&imp.campaign_id) else {
+            return TrackOutcome::Rejected(Rejection::UnknownCampaign);
+        };
+        if imp.timestamp < start {
+            return TrackOutcome::Rejected(Rejection::NotStarted);
+        }
+        let latest = self
+            .counted
+            .iter()
+            .filter(|(c, ad, user, _)| {
+                *c == imp.campaign_id
+                    && *user == imp.user_id
+                    && (self.scope == DedupScope::Campaign || *ad == imp.ad_id)
+            })
+            .map(|e| e.3.as_millis())
+            .max();
+        if latest.is_some_and(|l| l.abs_diff(imp.timestamp.as_millis()) < self.ttl_ms) {
+            return TrackOutcome::Duplicate;
+        }
+        self.counted.push((
+            imp.campaign_id,
+            imp.ad_id.clone(),
+            imp.user_id.clone(),
+            imp.timestamp,
+        ));
+        TrackOutcome::Counted
+    }
+
+    /// The campaign's stats at `now`.
+    pub fn stats(&self, id: CampaignId, now: Timestamp) -> Option<Stats> {
+        self.starts.get(&id)?;
+        Some(window(self.of(id).map(|e| e.3), now))
+    }
+
+    /// The campaign's per-ad stats at `now`: the first `max_ads` ads counted
+    /// get their own, the rest are summed in `other`.
+    pub fn ad_stats(&self, id: CampaignId, now: Timestamp) -> Option<AdBreakdown> {
+        self.starts.get(&id)?;
+        let mut own: Vec<&AdId> = Vec::new();
+        for e in self.of(id) {
+            if !own.contains(&&e.1) && own.len() < self.max_ads {
+                own.push(&e.1);
+            }
+        }
+        let mut ads: Vec<(AdId, Stats)> = own
+            .iter()
+            .map(|&ad| {
+                let s = window(self.of(id).filter(|e| e.1 == *ad).map(|e| e.3), now);
+                (ad.clone(), s)
+            })
+            .collect();
+        ads.sort_by(|a, b| a.0.cmp(&b.0));
+        let distinct: std::collections::HashSet<&AdId> = self.of(id).map(|e| &e.1).collect();
+        Some(AdBreakdown {
+            campaign: window(self.of(id).map(|e| e.3), now),
+            ads,
+            other: window(
+                self.of(id).filter(|e| !own.contains(&&e.1)).map(|e| e.3),
+                now,
+            ),
+            limit: self.max_ads,
+            limit_exceeded: distinct.len() > self.max_ads,
+        })
+    }
+
+    /// Counted impressions per bucket, as the engine's `timeseries`.
+    pub fn series(
+        &self,
+        id: CampaignId,
+        resolution: Resolution,
+        first: u64,
+        count: usize,
+    ) -> Option<Vec<u64>> {
+        self.starts.get(&id)?;
+        let width = resolution.secs();
+        Some(
+            (first..first + count as u64)
+                .map(|bucket| {
+                    self.of(id)
+                        .filter(|e| e.3.as_secs() / width == bucket)
+                        .count() as u64
+                })
+                .collect(),
+        )
+    }
+
+    fn of(&self, id: CampaignId) -> impl Iterator<Item = &(CampaignId, AdId, UserId, Timestamp)> {
+        self.counted.iter().filter(move |e| e.0 == id)
+    }
+}
+
+fn window(times: impl Iterator<Item = Timestamp>, now: Timestamp) -> Stats {
+    let now_sec = now.as_secs();
+    let mut s = Stats::default();
+    for t in times {
+        s.total += 1;
+        s.last_hour += u64::from(t.as_secs() + LAST_HOUR_SECS > now_sec);
+        s.last_day += u64::from(t.as_secs() + LAST_DAY_SECS > now_sec);
+    }
+    s
+}
