@@ -240,6 +240,30 @@ impl DedupIndex {
         }
     }
 
+    /// Calls `f` with every live key's fingerprint and latest counted time,
+    /// one shard at a time (each shard is locked only while it is visited).
+    pub fn for_each(&self, mut f: impl FnMut(Fingerprint, Timestamp)) {
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            for &pos in shard.table.iter() {
+                let e = shard.ring.get(pos);
+                f(e.fp, e.last_counted);
+            }
+        }
+    }
+
+    /// Records that `fp` was counted at `last` (from a snapshot or a log):
+    /// the key's latest counted time becomes the later of what it was and
+    /// `last`. Idempotent; entries already expired at `now` are skipped.
+    pub fn restore(&self, fp: Fingerprint, last: Timestamp, now: Timestamp) {
+        if last.as_millis().saturating_add(self.retention_ms) <= now.as_millis() {
+            return;
+        }
+        let mut shard = self.shards[self.shard_of(fp)].0.lock();
+        shard.expire(now, self.retention_ms);
+        shard.restore(fp, last);
+    }
+
     /// Number of live keys (keys whose entry has not expired yet).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().table.len()).sum()
@@ -300,6 +324,27 @@ impl Shard {
                 });
                 self.table.insert_unique(fp.lo, pos, |&p| ring.get(p).fp.lo);
                 Decision::Count { new_last: t }
+            }
+        }
+    }
+
+    fn restore(&mut self, fp: Fingerprint, last: Timestamp) {
+        let ring = &mut self.ring;
+        match self.table.find_mut(fp.lo, |&pos| ring.get(pos).fp == fp) {
+            Some(pos) => {
+                if last > ring.get(*pos).last_counted {
+                    *pos = ring.push(Entry {
+                        fp,
+                        last_counted: last,
+                    });
+                }
+            }
+            None => {
+                let pos = ring.push(Entry {
+                    fp,
+                    last_counted: last,
+                });
+                self.table.insert_unique(fp.lo, pos, |&p| ring.get(p).fp.lo);
             }
         }
     }
@@ -568,6 +613,21 @@ mod tests {
             Fingerprint::of(&c, &ad1, &long, DedupScope::Ad),
             Fingerprint::of(&c, &ad2, &long, DedupScope::Ad)
         );
+    }
+
+    #[test]
+    fn restore_keeps_the_latest_time_and_skips_expired_entries() {
+        let index = DedupIndex::new(TTL, Duration::ZERO, 4);
+        let now = ts(10_000_000);
+        index.restore(fp(1), ts(9_000_000), now);
+        index.restore(fp(1), ts(8_000_000), now); // older: ignored
+        index.restore(fp(2), ts(1_000_000), now); // expired at `now`: skipped
+        assert_eq!(index.len(), 1);
+        let mut seen = Vec::new();
+        index.for_each(|f, t| seen.push((f, t)));
+        assert_eq!(seen, vec![(fp(1), ts(9_000_000))]);
+        assert!(!counted(index.check(fp(1), ts(9_000_000 + 3_599_999), now)));
+        assert!(counted(index.check(fp(1), ts(9_000_000 + 3_600_000), now)));
     }
 
     #[test]

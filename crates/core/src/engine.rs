@@ -34,7 +34,7 @@ use crate::dedup::{Decision, DedupIndex, DedupScope, Fingerprint};
 use crate::impression::{AdId, Impression, Rejection, TrackOutcome};
 use crate::stats::{AdBreakdown, Stats};
 use crate::time::Timestamp;
-use crate::window::{Resolution, WindowCounter};
+use crate::window::{Resolution, WindowCounter, WindowParts};
 
 /// How an [`Engine`] counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,21 @@ impl Default for EngineConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[error("campaign {0} already exists")]
 pub struct CampaignExists(pub CampaignId);
+
+/// One campaign's complete state as plain data, for snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CampaignSnapshot {
+    /// The campaign.
+    pub campaign: Campaign,
+    /// Its counters.
+    pub all: WindowParts,
+    /// Its ads' own counters, in ad id order.
+    pub ads: Vec<(AdId, WindowParts)>,
+    /// Counters of ads beyond the limit.
+    pub other_ads: WindowParts,
+    /// Whether an ad was refused its own counters.
+    pub ads_limit_exceeded: bool,
+}
 
 /// The in-memory impression counter.
 pub struct Engine {
@@ -120,6 +135,36 @@ impl CampaignCounters {
             self.ads_limit_exceeded = true;
             self.other_ads.record(t, now);
         }
+    }
+
+    fn snapshot(&self, campaign: &Campaign) -> CampaignSnapshot {
+        let mut ads: Vec<(AdId, WindowParts)> = self
+            .ads
+            .iter()
+            .map(|(ad, w)| (ad.clone(), w.to_parts()))
+            .collect();
+        ads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        CampaignSnapshot {
+            campaign: campaign.clone(),
+            all: self.all.to_parts(),
+            ads,
+            other_ads: self.other_ads.to_parts(),
+            ads_limit_exceeded: self.ads_limit_exceeded,
+        }
+    }
+
+    fn restore(config: &EngineConfig, snapshot: CampaignSnapshot) -> Self {
+        let history = config.history_hours;
+        let mut counters = CampaignCounters::new(config);
+        counters.all = WindowCounter::from_parts(history, snapshot.all);
+        counters.other_ads = WindowCounter::from_parts(history, snapshot.other_ads);
+        counters.ads_limit_exceeded = snapshot.ads_limit_exceeded;
+        for (ad, parts) in snapshot.ads {
+            counters
+                .ads
+                .insert(ad, WindowCounter::from_parts(history, parts));
+        }
+        counters
     }
 
     fn prune(&mut self, now: Timestamp) {
@@ -330,6 +375,67 @@ impl Engine {
         Some(series)
     }
 
+    /// Every campaign's complete state, in id order (each campaign is
+    /// locked only while it is copied).
+    pub fn snapshot_campaigns(&self) -> Vec<CampaignSnapshot> {
+        self.campaigns
+            .read()
+            .values()
+            .map(|slot| slot.windows.lock().snapshot(&slot.campaign))
+            .collect()
+    }
+
+    /// Calls `f` with every live dedup key and its latest counted time.
+    pub fn for_each_dedup_entry(&self, f: impl FnMut(Fingerprint, Timestamp)) {
+        self.dedup.for_each(f);
+    }
+
+    /// Restores a campaign and its counters from a snapshot.
+    pub fn restore_campaign(&self, snapshot: CampaignSnapshot) -> Result<(), CampaignExists> {
+        let mut campaigns = self.campaigns.write();
+        let id = snapshot.campaign.id;
+        if campaigns.contains_key(&id) {
+            return Err(CampaignExists(id));
+        }
+        let campaign = Arc::new(snapshot.campaign.clone());
+        let counters = CampaignCounters::restore(&self.config, snapshot);
+        campaigns.insert(
+            id,
+            CampaignSlot {
+                campaign,
+                windows: Mutex::new(counters),
+            },
+        );
+        Ok(())
+    }
+
+    /// Restores a dedup key's latest counted time (see [`DedupIndex::restore`]).
+    pub fn restore_dedup_entry(&self, fp: Fingerprint, last: Timestamp, now: Timestamp) {
+        self.dedup.restore(fp, last, now);
+    }
+
+    /// Replays an impression known to have been counted (from a log): its key
+    /// is restored and it is added to its campaign's counters, without
+    /// deciding again. Replaying a log in the order it was written rebuilds
+    /// exactly the state that wrote it. Returns false if the campaign is
+    /// unknown.
+    pub fn replay_counted(
+        &self,
+        campaign_id: CampaignId,
+        ad_id: &AdId,
+        fp: Fingerprint,
+        t: Timestamp,
+        now: Timestamp,
+    ) -> bool {
+        let campaigns = self.campaigns.read();
+        let Some(slot) = campaigns.get(&campaign_id) else {
+            return false;
+        };
+        self.dedup.restore(fp, t, now);
+        slot.windows.lock().record(ad_id, t, now);
+        true
+    }
+
     /// Number of live dedup keys.
     pub fn live_dedup_keys(&self) -> usize {
         self.dedup.len()
@@ -489,6 +595,46 @@ mod tests {
         assert_eq!(breakdown.other, one(2));
         assert!(breakdown.limit_exceeded);
         assert_eq!(e.stats(c, now), Some(one(5)));
+    }
+
+    #[test]
+    fn snapshot_and_replay_rebuild_the_same_state() {
+        let e = Engine::new(EngineConfig {
+            max_ads_per_campaign: 1,
+            ..EngineConfig::default()
+        });
+        let c = campaign(&e, 1, T0);
+        let now = Timestamp::from_millis(T0 + 60_000);
+        let batch = [
+            imp(c, "a", "u1", T0),
+            imp(c, "b", "u1", T0 + 1000),
+            imp(c, "a", "u2", T0 + 59_000),
+        ];
+        e.track_batch(&batch, now);
+
+        // Restore from a snapshot...
+        let copy = Engine::new(e.config().clone());
+        for s in e.snapshot_campaigns() {
+            copy.restore_campaign(s).unwrap();
+        }
+        e.for_each_dedup_entry(|fp, t| copy.restore_dedup_entry(fp, t, now));
+        // ...or replay the counted impressions into the bare campaign.
+        let replayed = Engine::new(e.config().clone());
+        campaign(&replayed, 1, T0);
+        for i in &batch {
+            let fp = Fingerprint::of(&i.campaign_id, &i.ad_id, &i.user_id, DedupScope::Ad);
+            assert!(replayed.replay_counted(c, &i.ad_id, fp, i.timestamp, now));
+        }
+        for other in [&copy, &replayed] {
+            assert_eq!(other.stats(c, now), e.stats(c, now));
+            assert_eq!(other.ad_stats(c, now), e.ad_stats(c, now));
+            assert_eq!(other.live_dedup_keys(), 3);
+            assert_eq!(
+                other.track(&imp(c, "a", "u1", T0 + 2000), now),
+                TrackOutcome::Duplicate
+            );
+        }
+        assert_eq!(copy.snapshot_campaigns(), e.snapshot_campaigns());
     }
 
     #[test]

@@ -30,9 +30,9 @@ pub mod window;
 
 pub use campaign::{Campaign, CampaignId, CampaignName};
 pub use dedup::{Decision, DedupIndex, DedupRule, DedupScope, Fingerprint};
-pub use engine::{CampaignExists, Engine, EngineConfig};
+pub use engine::{CampaignExists, CampaignSnapshot, Engine, EngineConfig};
 pub use error::ValidationError;
 pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
-pub use window::{Resolution, WindowCounter};
+pub use window::{Resolution, WindowCounter, WindowParts};

@@ -60,6 +60,17 @@ impl Resolution {
     }
 }
 
+/// The contents of a [`WindowCounter`] as plain data, for snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowParts {
+    /// All counted impressions ever recorded.
+    pub total: u64,
+    /// Minute buckets, ascending: (minutes since the epoch, per-second counts).
+    pub minutes: Vec<(u64, [u32; 60])>,
+    /// Hour buckets, ascending: (hours since the epoch, count).
+    pub hours: Vec<(u64, u64)>,
+}
+
 /// Exact counts of one campaign's counted impressions over time.
 #[derive(Clone, Debug)]
 pub struct WindowCounter {
@@ -212,6 +223,53 @@ impl WindowCounter {
         {
             self.hours.pop_front();
         }
+    }
+
+    /// The contents, for a snapshot.
+    pub fn to_parts(&self) -> WindowParts {
+        WindowParts {
+            total: self.total,
+            minutes: self
+                .minutes
+                .iter()
+                .map(|b| (b.minute, *b.seconds))
+                .collect(),
+            hours: self.hours.iter().map(|h| (h.hour, h.count)).collect(),
+        }
+    }
+
+    /// A counter holding `parts` (as from [`WindowCounter::to_parts`]).
+    /// Buckets are sorted and merged, so the parts need not be.
+    pub fn from_parts(history_hours: u64, parts: WindowParts) -> Self {
+        let mut w = WindowCounter::new(history_hours);
+        w.total = parts.total;
+        let mut minutes = parts.minutes;
+        minutes.sort_unstable_by_key(|m| m.0);
+        for (minute, seconds) in minutes {
+            let total = seconds.iter().map(|&c| u64::from(c)).sum();
+            match w.minutes.back_mut() {
+                Some(last) if last.minute == minute => {
+                    last.total += total;
+                    for (a, b) in last.seconds.iter_mut().zip(seconds) {
+                        *a = a.saturating_add(b);
+                    }
+                }
+                _ => w.minutes.push_back(MinuteBucket {
+                    minute,
+                    total,
+                    seconds: Box::new(seconds),
+                }),
+            }
+        }
+        let mut hours = parts.hours;
+        hours.sort_unstable_by_key(|h| h.0);
+        for (hour, count) in hours {
+            match w.hours.back_mut() {
+                Some(last) if last.hour == hour => last.count += count,
+                _ => w.hours.push_back(HourBucket { hour, count }),
+            }
+        }
+        w
     }
 
     /// Heap bytes held, for memory accounting.
@@ -373,6 +431,23 @@ mod tests {
         let hour: u64 = w.series(Resolution::Second, now - 3599, 3600).iter().sum();
         assert_eq!(hour, w.stats(at(now)).last_hour);
         assert_eq!(hour, 1);
+    }
+
+    #[test]
+    fn parts_round_trip() {
+        let mut w = WindowCounter::new(168);
+        for s in [T0, T0 + 59, T0 + 60, T0 + 5400, T0 + 5400] {
+            w.record(at(s), at(s));
+        }
+        let parts = w.to_parts();
+        assert_eq!(parts.minutes.len(), 3);
+        let back = WindowCounter::from_parts(168, parts.clone());
+        assert_eq!(back.to_parts(), parts);
+        assert_eq!(back.stats(at(T0 + 5400)), w.stats(at(T0 + 5400)));
+        assert_eq!(
+            back.series(Resolution::Second, T0, 61),
+            w.series(Resolution::Second, T0, 61)
+        );
     }
 
     #[test]
