@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     pub ndjson: bool,
 
-    /// Base URL of the server (http only). Ignored with --spawn/--spawn-noop.
+    /// Base URL of the server (http only); not with --spawn/--spawn-noop.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
 
@@ -135,9 +135,10 @@ pub struct Args {
     pub verify_timeout: Duration,
 
     /// The server's DEDUP_SCOPE, which decides what counts as one key when
-    /// computing the expected totals.
-    #[arg(long, value_enum, default_value_t = Scope::Ad)]
-    pub dedup_scope: Scope,
+    /// computing the expected totals [default: DEDUP_SCOPE from
+    /// --server-env if given, else `ad`, the server's default].
+    #[arg(long, value_enum)]
+    pub dedup_scope: Option<Scope>,
 
     /// Per-request timeout; a request that times out has an unknown outcome.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -241,6 +242,8 @@ pub struct Settings {
     pub spawn: Option<SpawnKind>,
     /// The target is a noop server (no campaigns, no verification).
     pub noop_target: bool,
+    /// The server's dedup scope, for the expected totals.
+    pub scope: Scope,
 }
 
 /// Option combinations that clap alone does not reject.
@@ -261,6 +264,9 @@ pub enum ArgsError {
     /// A zero duration or timeout.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
+    /// `--server-env DEDUP_SCOPE=` with a value the server would refuse.
+    #[error("--server-env DEDUP_SCOPE must be `ad` or `campaign`, got `{0}`")]
+    ServerScope(String),
     /// campaigns × ads × users does not fit in 64 bits.
     #[error("--campaigns × --ads × --users is too large (must fit in 64 bits)")]
     KeySpace,
@@ -311,12 +317,30 @@ impl Args {
             None
         };
         let noop_target = self.noop_target || self.spawn_noop;
+        // A spawned server told its scope through --server-env is verified
+        // with that scope unless --dedup-scope says otherwise (the last
+        // occurrence wins, as it does for the child's environment).
+        let server_scope = match self
+            .server_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "DEDUP_SCOPE")
+        {
+            None => None,
+            Some((_, v)) => match v.to_ascii_lowercase().as_str() {
+                "ad" => Some(Scope::Ad),
+                "campaign" => Some(Scope::Campaign),
+                _ => return Err(ArgsError::ServerScope(v.clone())),
+            },
+        };
+        let scope = self.dedup_scope.or(server_scope).unwrap_or(Scope::Ad);
         Ok(Settings {
             args: self,
             limit,
             per_request,
             spawn,
             noop_target,
+            scope,
         })
     }
 }
@@ -361,6 +385,28 @@ mod tests {
         assert_eq!(s.per_request, 1);
         assert_eq!(s.spawn, None);
         assert!(!s.noop_target);
+        assert_eq!(s.scope, Scope::Ad);
+    }
+
+    #[test]
+    fn dedup_scope_follows_the_spawned_server() {
+        let s = settings(&["--spawn", "--server-env", "DEDUP_SCOPE=campaign"]);
+        assert_eq!(s.scope, Scope::Campaign);
+        let s = settings(&[
+            "--spawn",
+            "--server-env",
+            "DEDUP_SCOPE=campaign",
+            "--dedup-scope",
+            "ad",
+        ]);
+        assert_eq!(s.scope, Scope::Ad, "the explicit flag wins");
+        let s = settings(&["--dedup-scope", "campaign"]);
+        assert_eq!(s.scope, Scope::Campaign);
+        let err = parse(&["--spawn", "--server-env", "DEDUP_SCOPE=user"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, ArgsError::ServerScope("user".into()));
     }
 
     #[test]

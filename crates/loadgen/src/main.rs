@@ -190,7 +190,7 @@ async fn measure(
         zipf_exponent: a.zipf_exponent,
         duplicate_ratio: a.duplicate_ratio,
     })?;
-    let Some(layout) = KeyLayout::new(a.campaigns, a.ads, a.users, a.dedup_scope) else {
+    let Some(layout) = KeyLayout::new(a.campaigns, a.ads, a.users, settings.scope) else {
         bail!("the key space does not fit in 64 bits");
     };
     let ledger = Arc::new(Ledger::new(layout));

@@ -31,10 +31,10 @@ impl Progress {
     pub fn new(limit: Limit, enabled: bool) -> Self {
         let bar = enabled.then(|| {
             let (len, template) = match limit {
-                Limit::Count(n) => (n, "{bar:30} {pos}/{len} impressions  {msg}"),
+                Limit::Count(n) => (n, "{bar:20} {pos}/{len}  {wide_msg}"),
                 Limit::Duration(d) => (
                     u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-                    "{bar:30} {elapsed}/{duration}  {msg}",
+                    "{bar:20} {elapsed}/{duration}  {wide_msg}",
                 ),
             };
             let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
@@ -66,7 +66,7 @@ impl Progress {
                 }
             }
             bar.set_message(format!(
-                "{sent} sent, {acked} acked, {failures} failed requests, {rate:.0}/s"
+                "{sent} sent  {acked} acked  {failures} failed requests  {rate:.0}/s"
             ));
         }
     }

@@ -106,7 +106,7 @@ impl RunConfig {
             duplicate_ratio: a.duplicate_ratio,
             seed: a.seed,
             threads: a.threads,
-            dedup_scope: a.dedup_scope,
+            dedup_scope: s.scope,
             spawned: s.spawn.map(|k| k.binary_name()),
         }
     }
