@@ -21,9 +21,10 @@
 //! - [`progress`]: the progress bar.
 //! - [`api`]: campaign creation, stats and readiness calls.
 //!
-//! Exit status: 0 if verification matched (or was skipped) and something was
-//! acknowledged; 1 on MISMATCH, a verification error, or nothing
-//! acknowledged; 2 on bad options or a run that could not start.
+//! Exit status: 0 if verification matched (or was skipped), something was
+//! acknowledged and a spawned server exited 0; 1 on MISMATCH, a verification
+//! error, nothing acknowledged, or a spawned server failing its shutdown; 2 on
+//! bad options or a run that could not start.
 
 mod api;
 mod args;
@@ -123,7 +124,10 @@ async fn app(settings: Settings) -> anyhow::Result<bool> {
     // Whatever happens during the run, a spawned server is stopped.
     let measured = measure(&settings, &target, stop_rx).await;
     let server_exit = match server {
-        Some(s) => Some(s.stop().await.context("stopping the server")?),
+        Some(s) => {
+            let log = s.log().to_path_buf();
+            Some((s.stop().await.context("stopping the server")?, log))
+        }
         None => None,
     };
     let summary = measured?;
@@ -132,7 +136,7 @@ async fn app(settings: Settings) -> anyhow::Result<bool> {
     let to_stdout = a.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     let mut text = Vec::new();
     summary.write_text(&mut text)?;
-    if let Some(status) = server_exit {
+    if let Some((status, _)) = &server_exit {
         writeln!(text, "  server       stopped: {status}")?;
     }
     if to_stdout {
@@ -150,7 +154,18 @@ async fn app(settings: Settings) -> anyhow::Result<bool> {
     if summary.impressions.acknowledged == 0 {
         eprintln!("loadgen: no impression was acknowledged");
     }
-    Ok(verified && summary.impressions.acknowledged > 0)
+    // A server that does not exit 0 on SIGTERM failed its graceful shutdown.
+    let server_ok = server_exit.as_ref().is_none_or(|(s, _)| s.success());
+    let passed = verified && server_ok && summary.impressions.acknowledged > 0;
+    if let Some((_, log)) = &server_exit {
+        // Keep the server's log only when there is something to look into.
+        if passed {
+            let _ = std::fs::remove_file(log);
+        } else {
+            eprintln!("loadgen: server log kept at {}", log.display());
+        }
+    }
+    Ok(passed)
 }
 
 fn summary_json(summary: &Summary) -> anyhow::Result<String> {

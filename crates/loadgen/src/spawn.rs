@@ -14,7 +14,8 @@
 //!
 //! The child's stdout and stderr go to a log file in the temp directory, so
 //! its logs neither mix with the report nor cost terminal output; the last
-//! lines are shown if it fails to start.
+//! lines are shown if it fails to start, and `main` removes the file after
+//! a run that passed.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -74,6 +74,13 @@ async fn spawned_noop_server_takes_a_bounded_load() {
     assert_eq!(s["config"]["spawned"], "noop-server");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("stopped: exit status: 0"), "{stderr}");
+    // The server's log is removed after a run that passed.
+    let log = stderr
+        .split("(log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the log path is printed");
+    assert!(!std::path::Path::new(log).exists(), "{log} left behind");
 }
 
 #[tokio::test]
