@@ -169,6 +169,10 @@ impl SpawnedServer {
         let child = Command::new(&binary)
             .env("SERVER_PORT", port.to_string())
             .env("BIND_ADDR", "127.0.0.1")
+            // The embedded in-memory store unless `--server-env` says
+            // otherwise: a benchmark of a fresh build should not write a
+            // data directory into the working directory.
+            .env("STORAGE", "memory")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)

@@ -114,7 +114,7 @@ pub struct Config {
 
     /// Where state lives: `memory` (lost on exit), `disk` (durable log and
     /// snapshots in DATA_DIR) or `redis` (shared by many nodes).
-    #[arg(long, env = "STORAGE", value_enum, default_value_t = StorageKind::Memory)]
+    #[arg(long, env = "STORAGE", value_enum, default_value_t = StorageKind::Disk)]
     pub storage: StorageKind,
 
     /// Shorthand for `STORAGE=memory`.
@@ -130,6 +130,16 @@ pub struct Config {
     /// OS).
     #[arg(long, env = "FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
+
+    /// Size at which a log segment is closed (`STORAGE=disk`); compaction
+    /// folds closed segments into a snapshot once they outgrow it.
+    #[arg(
+        long,
+        env = "LOG_SEGMENT_BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(4096..)
+    )]
+    pub log_segment_bytes: u64,
 
     /// Redis URL for `STORAGE=redis` (`redis://[:password@]host:port[/db]`,
     /// `rediss://` for TLS).

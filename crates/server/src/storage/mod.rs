@@ -7,11 +7,14 @@
 //!
 //! * [`memory::MemoryStore`]: the embedded [`Engine`](impression_core::Engine),
 //!   nothing on disk.
+//! * [`disk::DiskStore`]: the same engine, made durable by a checksummed
+//!   append-only log and snapshots in `DATA_DIR`.
 //!
 //! A backend that must persist an impression before it may be acknowledged
 //! says so with [`Store::acknowledges_after_apply`]; the HTTP layer then
 //! answers 202 only once the worker has applied the batch holding it.
 
+pub mod disk;
 pub mod memory;
 
 use std::sync::Arc;
@@ -117,9 +120,24 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the backend the configuration names.
 pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, StoreError> {
-    let _ = &clock;
     match config.storage_kind() {
         StorageKind::Memory => Ok(Arc::new(memory::MemoryStore::new(config.engine()))),
+        StorageKind::Disk => {
+            let dir = config.data_dir.clone();
+            let options = disk::DiskOptions {
+                fsync: config.fsync,
+                segment_bytes: config.log_segment_bytes,
+            };
+            let engine = config.engine();
+            // Loading replays files: keep it off the async threads.
+            let store = tokio::task::spawn_blocking(move || {
+                disk::DiskStore::open(&dir, options, engine, clock)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
         other => Err(StoreError::Unavailable(format!(
             "the {other:?} backend is not available in this build"
         ))),

@@ -13,6 +13,8 @@ use std::any::Any;
 pub enum Backend {
     /// The embedded engine.
     Memory,
+    /// The engine made durable in a temporary data directory.
+    Disk,
 }
 
 /// Whatever must stay alive while an app uses a backend (temporary
@@ -24,17 +26,42 @@ impl Backend {
     pub async fn prepare(self) -> (Vec<String>, Guard) {
         match self {
             Backend::Memory => (vec!["--storage".into(), "memory".into()], Box::new(())),
+            Backend::Disk => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let flags = vec![
+                    "--storage".into(),
+                    "disk".into(),
+                    "--data-dir".into(),
+                    dir.path().display().to_string(),
+                    "--fsync".into(),
+                    "no".into(),
+                    // Tiny segments: every test also exercises rotation and
+                    // background compaction.
+                    "--log-segment-bytes".into(),
+                    "4096".into(),
+                ];
+                (flags, Box::new(dir))
+            }
         }
     }
 }
 
-/// Opens this backend's store with the test configuration and `flags`.
+impl Backend {
+    /// Whether state survives closing the store and opening it again.
+    pub fn persists(self) -> bool {
+        self != Backend::Memory
+    }
+}
+
+/// Opens this backend's store with the test configuration and `flags`;
+/// returns the configuration too, to open the same store again.
 pub async fn open_store(
     backend: Backend,
     flags: &[&str],
     clock: std::sync::Arc<dyn impression_core::Clock>,
 ) -> (
     std::sync::Arc<dyn impression_counter::storage::Store>,
+    impression_counter::config::Config,
     Guard,
 ) {
     let (backend_flags, guard) = backend.prepare().await;
@@ -44,7 +71,7 @@ pub async fn open_store(
     let store = impression_counter::storage::open(&config, clock)
         .await
         .expect("the backend opens");
-    (store, guard)
+    (store, config, guard)
 }
 
 /// Runs one async test body against every backend.
@@ -60,6 +87,11 @@ macro_rules! backend_test {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
                 run($crate::backends::Backend::Memory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn disk() {
+                run($crate::backends::Backend::Disk).await;
             }
         }
     };

@@ -2,8 +2,9 @@
 //! seam: random batches (late, out-of-order and skewed event times), clock
 //! advances across the TTL, hour and day edges, and housekeeping passes; after
 //! every step every campaign's stats, per-ad stats and time series must equal
-//! the model's. Time comes from the caller, as in production, so nothing
-//! waits.
+//! the model's. Backends that persist are also closed and opened again at
+//! random points, and must carry on exactly where they were. Time comes from
+//! the caller, as in production, so nothing waits.
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ enum Op {
     Batch(Vec<(usize, u8, u8, i64)>),
     Advance(u64),
     Maintain,
+    Restart,
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +45,7 @@ fn case() -> impl Strategy<Value = Case> {
         6 => prop::collection::vec((0..4usize, 0..3u8, 0..4u8, offset), 1..10).prop_map(Op::Batch),
         3 => prop_oneof![0..3_000u64, 1_999..2_002u64, 3_599_000..3_601_000u64, 86_399_000..86_401_000u64].prop_map(Op::Advance),
         1 => Just(Op::Maintain),
+        1 => Just(Op::Restart),
     ];
     (
         prop_oneof![Just("2s"), Just("90s"), Just("1h")],
@@ -69,7 +72,7 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
         "--max-ads-per-campaign",
         &max_ads,
     ];
-    let (store, _guard) = open_store(backend, &flags, clock.clone()).await;
+    let (mut store, config, _guard) = open_store(backend, &flags, clock.clone()).await;
     let ttl = crate::helpers::config(&["--ttl", case.ttl]).ttl;
     let scope = if case.scope == "ad" {
         DedupScope::Ad
@@ -98,6 +101,15 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
         match op {
             Op::Advance(ms) => now += ms,
             Op::Maintain => store.maintain(Timestamp::from_millis(now)).await,
+            Op::Restart if backend.persists() => {
+                store.close().await.map_err(|e| e.to_string())?;
+                drop(store);
+                clock.set(Timestamp::from_millis(now));
+                store = impression_counter::storage::open(&config, clock.clone())
+                    .await
+                    .map_err(|e| format!("step {step}: reopening: {e}"))?;
+            }
+            Op::Restart => {}
             Op::Batch(items) => {
                 let batch: Vec<Impression> = items
                     .iter()

@@ -1,0 +1,415 @@
+//! What the frames hold: log records and snapshot sections, in a small
+//! little-endian binary encoding.
+//!
+//! Log records:
+//!
+//! * `1` campaign: id (16), start ms (8), name length (2), name;
+//! * `2` counted batch: count (4), then per impression: campaign id (16),
+//!   fingerprint (16), event time ms (8), ad id length (2), ad id.
+//!
+//! Counted impressions are enough to rebuild everything: totals, windows
+//! and per-ad counters from the campaign, ad and time; live dedup keys from
+//! the fingerprint and time. Duplicates change nothing and are not logged.
+//!
+//! Snapshot sections: `10` campaign with its counters, `11` a chunk of dedup
+//! entries (fingerprint, latest counted time), `12` the end, with counts to
+//! check that nothing is missing.
+
+use impression_core::{
+    AdId, Campaign, CampaignId, CampaignName, CampaignSnapshot, Fingerprint, Timestamp, WindowParts,
+};
+
+const CAMPAIGN: u8 = 1;
+const COUNTED: u8 = 2;
+const SNAP_CAMPAIGN: u8 = 10;
+const SNAP_DEDUP: u8 = 11;
+const SNAP_END: u8 = 12;
+
+/// A counted impression as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// Its campaign.
+    pub campaign_id: CampaignId,
+    /// Its ad.
+    pub ad_id: AdId,
+    /// The fingerprint of its dedup key.
+    pub fingerprint: Fingerprint,
+    /// Its event time.
+    pub timestamp: Timestamp,
+}
+
+/// One log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord {
+    /// A campaign was created.
+    Campaign(Campaign),
+    /// These impressions were counted, in this order.
+    Counted(Vec<Counted>),
+}
+
+/// One snapshot section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotSection {
+    /// A campaign and its counters.
+    Campaign(CampaignSnapshot),
+    /// Live dedup keys and their latest counted times.
+    Dedup(Vec<(Fingerprint, Timestamp)>),
+    /// The end, with how many campaigns and keys came before.
+    End {
+        /// Campaign sections written.
+        campaigns: u64,
+        /// Dedup entries written.
+        keys: u64,
+    },
+}
+
+/// Encodes a campaign record.
+pub fn encode_campaign(out: &mut Vec<u8>, c: &Campaign) {
+    out.push(CAMPAIGN);
+    put_campaign(out, c);
+}
+
+/// Starts a counted-batch record; [`push_counted`] adds to it.
+pub fn begin_counted(out: &mut Vec<u8>) {
+    out.push(COUNTED);
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// Adds one impression to the counted-batch record `out` holds.
+pub fn push_counted(
+    out: &mut Vec<u8>,
+    campaign_id: &CampaignId,
+    ad_id: &AdId,
+    fp: Fingerprint,
+    t: Timestamp,
+) {
+    out.extend_from_slice(campaign_id.as_bytes());
+    out.extend_from_slice(&fp.as_u128().to_le_bytes());
+    out.extend_from_slice(&t.as_millis().to_le_bytes());
+    put_str(out, ad_id.as_str());
+    let count = u32::from_le_bytes([out[1], out[2], out[3], out[4]]) + 1;
+    out[1..5].copy_from_slice(&count.to_le_bytes());
+}
+
+/// Decodes a log record.
+pub fn decode_log(payload: &[u8]) -> Result<LogRecord, String> {
+    let mut r = Cursor::new(payload);
+    let record = match r.u8()? {
+        CAMPAIGN => LogRecord::Campaign(r.campaign()?),
+        COUNTED => {
+            let n = r.u32()? as usize;
+            let mut items = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                items.push(Counted {
+                    campaign_id: r.campaign_id()?,
+                    fingerprint: Fingerprint::from_u128(r.u128()?),
+                    timestamp: Timestamp::from_millis(r.u64()?),
+                    ad_id: AdId::parse(r.string()?).map_err(|e| e.to_string())?,
+                });
+            }
+            LogRecord::Counted(items)
+        }
+        other => return Err(format!("unknown log record type {other}")),
+    };
+    r.finish()?;
+    Ok(record)
+}
+
+/// Encodes a snapshot section.
+pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
+    match section {
+        SnapshotSection::Campaign(s) => {
+            out.push(SNAP_CAMPAIGN);
+            put_campaign(out, &s.campaign);
+            put_parts(out, &s.all);
+            put_parts(out, &s.other_ads);
+            out.push(u8::from(s.ads_limit_exceeded));
+            out.extend_from_slice(&(s.ads.len() as u32).to_le_bytes());
+            for (ad, parts) in &s.ads {
+                put_str(out, ad.as_str());
+                put_parts(out, parts);
+            }
+        }
+        SnapshotSection::Dedup(entries) => {
+            out.push(SNAP_DEDUP);
+            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for (fp, t) in entries {
+                out.extend_from_slice(&fp.as_u128().to_le_bytes());
+                out.extend_from_slice(&t.as_millis().to_le_bytes());
+            }
+        }
+        SnapshotSection::End { campaigns, keys } => {
+            out.push(SNAP_END);
+            out.extend_from_slice(&campaigns.to_le_bytes());
+            out.extend_from_slice(&keys.to_le_bytes());
+        }
+    }
+}
+
+/// Decodes a snapshot section.
+pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
+    let mut r = Cursor::new(payload);
+    let section = match r.u8()? {
+        SNAP_CAMPAIGN => {
+            let campaign = r.campaign()?;
+            let all = r.parts()?;
+            let other_ads = r.parts()?;
+            let ads_limit_exceeded = r.u8()? != 0;
+            let n = r.u32()? as usize;
+            let mut ads = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                let ad = AdId::parse(r.string()?).map_err(|e| e.to_string())?;
+                ads.push((ad, r.parts()?));
+            }
+            SnapshotSection::Campaign(CampaignSnapshot {
+                campaign,
+                all,
+                ads,
+                other_ads,
+                ads_limit_exceeded,
+            })
+        }
+        SNAP_DEDUP => {
+            let n = r.u32()? as usize;
+            let mut entries = Vec::with_capacity(n.min(1 << 20));
+            for _ in 0..n {
+                entries.push((
+                    Fingerprint::from_u128(r.u128()?),
+                    Timestamp::from_millis(r.u64()?),
+                ));
+            }
+            SnapshotSection::Dedup(entries)
+        }
+        SNAP_END => SnapshotSection::End {
+            campaigns: r.u64()?,
+            keys: r.u64()?,
+        },
+        other => return Err(format!("unknown snapshot section type {other}")),
+    };
+    r.finish()?;
+    Ok(section)
+}
+
+fn put_campaign(out: &mut Vec<u8>, c: &Campaign) {
+    out.extend_from_slice(c.id.as_bytes());
+    out.extend_from_slice(&c.start_time.as_millis().to_le_bytes());
+    put_str(out, c.name.as_str());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Names are at most 256 characters (1 KiB) and ids 512 bytes.
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_parts(out: &mut Vec<u8>, parts: &WindowParts) {
+    out.extend_from_slice(&parts.total.to_le_bytes());
+    out.extend_from_slice(&(parts.minutes.len() as u32).to_le_bytes());
+    for (minute, seconds) in &parts.minutes {
+        out.extend_from_slice(&minute.to_le_bytes());
+        for c in seconds {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(parts.hours.len() as u32).to_le_bytes());
+    for (hour, count) in &parts.hours {
+        out.extend_from_slice(&hour.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+}
+
+/// Reads fields off a payload, failing (never panicking) when it is short.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or_else(|| format!("record ends early at byte {}", self.pos))?;
+        let bytes = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn u128(&mut self) -> Result<u128, String> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u16()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
+    }
+
+    fn campaign_id(&mut self) -> Result<CampaignId, String> {
+        Ok(CampaignId::from_uuid(uuid::Uuid::from_bytes(self.array()?)))
+    }
+
+    fn campaign(&mut self) -> Result<Campaign, String> {
+        Ok(Campaign {
+            id: self.campaign_id()?,
+            start_time: Timestamp::from_millis(self.u64()?),
+            name: CampaignName::parse(&self.string()?).map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn parts(&mut self) -> Result<WindowParts, String> {
+        let total = self.u64()?;
+        let n = self.u32()? as usize;
+        let mut minutes = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let minute = self.u64()?;
+            let mut seconds = [0u32; 60];
+            for c in &mut seconds {
+                *c = self.u32()?;
+            }
+            minutes.push((minute, seconds));
+        }
+        let n = self.u32()? as usize;
+        let mut hours = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            hours.push((self.u64()?, self.u64()?));
+        }
+        Ok(WindowParts {
+            total,
+            minutes,
+            hours,
+        })
+    }
+
+    fn finish(&self) -> Result<(), String> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} unexpected bytes after the record",
+                self.buf.len() - self.pos
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign() -> Campaign {
+        Campaign {
+            id: CampaignId::from_uuid(uuid::Uuid::from_u128(7)),
+            name: CampaignName::parse("Summer €").unwrap(),
+            start_time: Timestamp::from_secs(1_735_689_600),
+        }
+    }
+
+    #[test]
+    fn log_records_round_trip() {
+        let mut out = Vec::new();
+        encode_campaign(&mut out, &campaign());
+        assert_eq!(decode_log(&out).unwrap(), LogRecord::Campaign(campaign()));
+
+        let items = vec![
+            Counted {
+                campaign_id: campaign().id,
+                ad_id: AdId::parse("banner").unwrap(),
+                fingerprint: Fingerprint::from_u128(u128::MAX - 3),
+                timestamp: Timestamp::from_millis(1_735_689_600_123),
+            },
+            Counted {
+                campaign_id: campaign().id,
+                ad_id: AdId::parse("x".repeat(512)).unwrap(),
+                fingerprint: Fingerprint::from_u128(1),
+                timestamp: Timestamp::from_millis(5),
+            },
+        ];
+        let mut out = Vec::new();
+        begin_counted(&mut out);
+        for i in &items {
+            push_counted(
+                &mut out,
+                &i.campaign_id,
+                &i.ad_id,
+                i.fingerprint,
+                i.timestamp,
+            );
+        }
+        assert_eq!(decode_log(&out).unwrap(), LogRecord::Counted(items));
+    }
+
+    #[test]
+    fn snapshot_sections_round_trip() {
+        let parts = WindowParts {
+            total: 3,
+            minutes: vec![(28_928_160, [1; 60])],
+            hours: vec![(482_136, 3)],
+        };
+        let sections = [
+            SnapshotSection::Campaign(CampaignSnapshot {
+                campaign: campaign(),
+                all: parts.clone(),
+                ads: vec![(AdId::parse("a").unwrap(), parts.clone())],
+                other_ads: WindowParts::default(),
+                ads_limit_exceeded: true,
+            }),
+            SnapshotSection::Dedup(vec![(
+                Fingerprint::from_u128(9),
+                Timestamp::from_millis(10),
+            )]),
+            SnapshotSection::End {
+                campaigns: 1,
+                keys: 1,
+            },
+        ];
+        for s in sections {
+            let mut out = Vec::new();
+            encode_section(&mut out, &s);
+            assert_eq!(decode_section(&out).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn short_or_long_payloads_are_errors_not_panics() {
+        let mut out = Vec::new();
+        encode_campaign(&mut out, &campaign());
+        for cut in 0..out.len() {
+            assert!(decode_log(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        out.push(0);
+        assert!(decode_log(&out).unwrap_err().contains("unexpected bytes"));
+        assert!(
+            decode_log(&[99])
+                .unwrap_err()
+                .contains("unknown log record")
+        );
+        // A count far larger than the payload fails without allocating it.
+        let mut huge = vec![COUNTED];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_log(&huge).is_err());
+    }
+}
