@@ -156,6 +156,87 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "ic:")]
     pub redis_prefix: String,
 
+    /// API keys for the management endpoints (campaigns, stats, timeseries,
+    /// metrics), comma-separated; clients send `Authorization: Bearer <key>`.
+    /// Unset (and no API_KEYS_FILE): those endpoints are open.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<Secret>,
+
+    /// File with one API key per line (blank lines and `#` comments
+    /// ignored); re-read on SIGHUP, so keys rotate without a restart.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Origins allowed to call the tracking endpoints from browsers (CORS),
+    /// comma-separated, or `*` for any.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Largest request body, in bytes (batches: BATCH_MAX_BYTES).
+    #[arg(
+        long,
+        env = "MAX_BODY_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024)
+    )]
+    pub max_body_bytes: u64,
+
+    /// Largest total size of a request's headers, in bytes (431 beyond).
+    #[arg(
+        long,
+        env = "MAX_HEADER_BYTES",
+        default_value_t = 32 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024)
+    )]
+    pub max_header_bytes: u64,
+
+    /// Longest user or ad id, in bytes (at most 512).
+    #[arg(
+        long,
+        env = "MAX_ID_BYTES",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u16).range(1..=512)
+    )]
+    pub max_id_bytes: u16,
+
+    /// Most campaigns this service holds; creating more is refused (409).
+    #[arg(
+        long,
+        env = "MAX_CAMPAIGNS",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_campaigns: u64,
+
+    /// Most open client connections; beyond it a connection gets one 503
+    /// answer and is closed.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+
+    /// Most API requests being handled at once; beyond it requests are shed
+    /// with 503 and `Retry-After` before they use memory.
+    #[arg(
+        long,
+        env = "MAX_IN_FLIGHT",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_in_flight: u32,
+
+    /// How long a client may take to send a request's headers; also how long
+    /// an idle keep-alive connection is kept.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a client may take to send a request's body (408 beyond).
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
     /// Log filter, in `tracing` `EnvFilter` syntax (e.g. `info`,
     /// `impression_counter=debug`).
     #[arg(long = "rust-log", env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
@@ -173,6 +254,31 @@ pub enum ScopeArg {
     Ad,
     /// One count per (campaign, user) per TTL.
     Campaign,
+}
+
+/// A configuration value that must never be printed (API keys).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 /// `STORAGE` values.
@@ -393,6 +499,14 @@ mod tests {
                 .pixel_cookie,
             "visitor_id"
         );
+    }
+
+    #[test]
+    fn api_keys_never_show_in_debug_output() {
+        let c = parse(&["--api-keys", "k-123,k-456"]).unwrap();
+        assert_eq!(c.api_keys.as_ref().map(Secret::expose), Some("k-123,k-456"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("k-123"), "{debug}");
     }
 
     #[test]

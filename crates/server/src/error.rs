@@ -44,6 +44,18 @@ pub enum ApiError {
     /// The body exceeds the size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The headers exceed the size limit.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// The body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// No valid API key for a protected endpoint.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request conflicts with a limit or the current state.
+    #[error("{0}")]
+    Conflict(String),
     /// No campaign has this id.
     #[error("campaign {0} not found")]
     CampaignNotFound(CampaignId),
@@ -86,6 +98,10 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::CampaignNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -110,6 +126,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"impression-counter\""),
+            );
         }
         response
     }
@@ -143,6 +165,11 @@ impl From<SubmitError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if crate::limits::is_body_timeout(&rejection) {
+            return ApiError::RequestTimeout(
+                "the request body did not arrive in time (BODY_READ_TIMEOUT)".into(),
+            );
+        }
         let message = rejection.body_text();
         match rejection.status() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),

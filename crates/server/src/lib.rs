@@ -14,16 +14,22 @@
 //! * [`ingest`]: the queue, the workers and their drain on shutdown.
 //! * [`storage`]: the batch-shaped backend seam; [`storage::memory`] is the
 //!   embedded engine.
+//! * [`auth`]: API keys for the management endpoints.
+//! * [`limits`]: header size, in-flight shedding and body deadlines.
+//! * [`server`]: the accept loop, connection limits and graceful shutdown.
 //! * [`metrics`]: Prometheus counters, gauges and latency histograms.
 //! * [`openapi`]: the generated OpenAPI spec and the offline docs page.
 //! * [`telemetry`], [`shutdown`], [`timefmt`]: logs, signals, RFC 3339.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

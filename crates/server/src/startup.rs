@@ -10,13 +10,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use impression_core::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ApiKeys;
 use crate::config::Config;
+use crate::server::{self, ConnectionLimits};
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
 use crate::metrics::Metrics;
 use crate::routes::{self, ApiSettings, AppState};
@@ -25,6 +26,9 @@ use crate::storage::{self, Store};
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The API keys file could not be read.
+    #[error(transparent)]
+    ApiKeys(#[from] crate::auth::KeyFileError),
     /// The storage backend could not be opened.
     #[error("cannot open the {kind:?} storage: {source}")]
     Storage {
@@ -49,6 +53,7 @@ pub struct Application {
     addr: SocketAddr,
     state: AppState,
     store: Arc<dyn Store>,
+    limits: ConnectionLimits,
     workers: Workers,
     maintenance: JoinHandle<()>,
     stop_maintenance: CancellationToken,
@@ -75,6 +80,15 @@ impl Application {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
+        let api_keys = Arc::new(ApiKeys::from_config(config)?);
+        if api_keys.enabled() {
+            crate::auth::reload_on_sighup(Arc::clone(&api_keys));
+        } else {
+            tracing::warn!(
+                "no API_KEYS or API_KEYS_FILE: campaign, stats and metrics endpoints are open \
+                 to anyone who can reach this port"
+            );
+        }
         let addr = config.listen_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -107,6 +121,7 @@ impl Application {
             queue,
             metrics,
             ApiSettings::from(config),
+            api_keys,
         );
         tracing::info!(
             %addr,
@@ -122,6 +137,13 @@ impl Application {
             addr,
             state,
             store,
+            limits: ConnectionLimits {
+                max_connections: config.max_connections as usize,
+                header_read_timeout: config.header_read_timeout,
+                max_buf_bytes: usize::try_from(config.max_header_bytes)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(4),
+            },
             workers,
             maintenance,
             stop_maintenance,
@@ -146,17 +168,12 @@ impl Application {
     ) -> std::io::Result<()> {
         let state = self.state.clone();
         let router = routes::router(self.state);
-        let listener = self.listener.tap_io(|tcp| {
-            // Small request/response pairs: never wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                state.begin_shutdown();
-                tracing::info!("shutting down: finishing requests in flight");
-            })
-            .await?;
+        server::serve(self.listener, router, self.limits, async move {
+            shutdown.await;
+            state.begin_shutdown();
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await;
 
         tracing::info!("draining the ingest queue");
         self.workers.drain().await;

@@ -56,6 +56,15 @@ impl<'a> Admission<'a> {
         timestamp: Option<EventTime<'_>>,
     ) -> Result<Impression, ApiError> {
         let campaign_id: CampaignId = campaign_id.parse()?;
+        let max = self.app.settings.max_id_bytes;
+        for (field, id) in [("ad_id", &ad_id), ("user_id", &user_id)] {
+            if id.len() > max {
+                return Err(ApiError::BadRequest(format!(
+                    "{field} must be at most {max} bytes, got {} (MAX_ID_BYTES)",
+                    id.len()
+                )));
+            }
+        }
         let ad_id = AdId::parse(ad_id)?;
         let user_id = UserId::parse(user_id)?;
         let timestamp = match timestamp {

@@ -103,6 +103,8 @@ pub struct ListParams {
         (status = 201, description = "Created", body = CampaignCreated,
             headers(("Location" = String, description = "/api/v1/campaigns/{id}"))),
         (status = 400, description = "Invalid name or start time, or malformed JSON", body = ErrorBody),
+        (status = 401, description = "API keys are configured and none valid was sent", body = ErrorBody),
+        (status = 409, description = "MAX_CAMPAIGNS reached", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
@@ -125,6 +127,12 @@ pub async fn create_campaign(
             format_rfc3339(start_time),
             START_TIME_TOLERANCE.as_secs(),
             format_rfc3339(now)
+        )));
+    }
+    let held = app.store.gauges().campaigns;
+    if held >= app.settings.max_campaigns {
+        return Err(ApiError::Conflict(format!(
+            "this server holds {held} campaigns, its limit (MAX_CAMPAIGNS); no more can be created"
         )));
     }
     let campaign = Campaign {

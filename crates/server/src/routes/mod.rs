@@ -29,19 +29,20 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::{self, ApiKeys};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::limits;
 use crate::ingest::IngestQueue;
 use crate::metrics::{self, Metrics};
 use crate::openapi;
 use crate::storage::Store;
-
-/// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Request-level limits and settings, from the configuration.
 #[derive(Clone, Debug)]
@@ -58,6 +59,20 @@ pub struct ApiSettings {
     pub pixel_cookie: String,
     /// Hourly history kept, bounding `timeseries?resolution=hour`.
     pub history: Duration,
+    /// Longest user or ad id accepted, in bytes.
+    pub max_id_bytes: usize,
+    /// Most campaigns held.
+    pub max_campaigns: u64,
+    /// Largest request body (other than batches), in bytes.
+    pub max_body_bytes: usize,
+    /// Largest total header size, in bytes.
+    pub max_header_bytes: usize,
+    /// Most requests handled at once.
+    pub max_in_flight: usize,
+    /// Time to send a body.
+    pub body_read_timeout: Duration,
+    /// Origins allowed to call tracking endpoints from browsers.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl From<&Config> for ApiSettings {
@@ -69,6 +84,13 @@ impl From<&Config> for ApiSettings {
             batch_max_bytes: usize::try_from(c.batch_max_bytes).unwrap_or(usize::MAX),
             pixel_cookie: c.pixel_cookie.clone(),
             history: Duration::from_secs(c.engine().history_hours * 3600),
+            max_id_bytes: usize::from(c.max_id_bytes),
+            max_campaigns: c.max_campaigns,
+            max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+            max_header_bytes: usize::try_from(c.max_header_bytes).unwrap_or(usize::MAX),
+            max_in_flight: c.max_in_flight as usize,
+            body_read_timeout: c.body_read_timeout,
+            cors_allowed_origins: c.cors_allowed_origins.clone(),
         }
     }
 }
@@ -90,6 +112,8 @@ pub struct AppInner {
     pub metrics: Arc<Metrics>,
     /// Request-level limits and settings.
     pub settings: ApiSettings,
+    /// Keys for the management endpoints.
+    pub api_keys: Arc<ApiKeys>,
     shutting_down: AtomicBool,
 }
 
@@ -101,6 +125,7 @@ impl AppState {
         queue: IngestQueue,
         metrics: Arc<Metrics>,
         settings: ApiSettings,
+        api_keys: Arc<ApiKeys>,
     ) -> Self {
         AppState(Arc::new(AppInner {
             store,
@@ -108,6 +133,7 @@ impl AppState {
             queue,
             metrics,
             settings,
+            api_keys,
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -132,8 +158,30 @@ impl Deref for AppState {
 }
 
 /// The whole HTTP surface.
+///
+/// Three groups: **tracking** (open to the world, CORS-enabled for browser
+/// beacons), **management** (campaigns, stats, time series: API key when
+/// configured), and **operations** (health, readiness and docs always open,
+/// metrics behind the API key; never shed, so load balancers and Prometheus
+/// can still probe an overloaded node).
+/// Tracking and management requests are shed beyond `MAX_IN_FLIGHT` and must
+/// send their body within `BODY_READ_TIMEOUT`; every request's headers are
+/// bounded by `MAX_HEADER_BYTES`.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let settings = &state.settings;
+    let tracking = Router::new()
+        .route("/api/v1/impressions", post(impressions::track_impression))
+        .route(
+            "/api/v1/impressions/batch",
+            post(batch::track_batch).layer(DefaultBodyLimit::max(settings.batch_max_bytes)),
+        )
+        .route("/api/v1/impressions/pixel.gif", get(pixel::track_pixel))
+        // Set before the CORS layer so the layer also wraps it: a preflight
+        // (OPTIONS) must reach CORS instead of being answered 405 first.
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors(&settings.cors_allowed_origins));
+
+    let management = Router::new()
         .route(
             "/api/v1/campaigns",
             post(campaigns::create_campaign).get(campaigns::list_campaigns),
@@ -144,27 +192,70 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/campaigns/{id}/timeseries",
             get(timeseries::campaign_timeseries),
         )
-        .route("/api/v1/impressions", post(impressions::track_impression))
-        .route(
-            "/api/v1/impressions/batch",
-            post(batch::track_batch).layer(DefaultBodyLimit::max(state.settings.batch_max_bytes)),
-        )
-        .route("/api/v1/impressions/pixel.gif", get(pixel::track_pixel))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.api_keys),
+            auth::require_key,
+        ));
+
+    let api = tracking
+        .merge(management)
+        .layer(axum::middleware::from_fn_with_state(
+            settings.body_read_timeout,
+            limits::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(settings.max_in_flight)),
+            limits::shed_load,
+        ))
+        .with_state(state.clone());
+
+    let metrics_route = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.api_keys),
+            auth::require_key,
+        ));
+    let operations = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .merge(metrics_route)
         .with_state(state.clone());
 
     Router::new()
         .merge(api)
+        .merge(operations)
         .merge(openapi::docs())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.max_header_bytes,
+            limits::header_size,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             metrics::record_request,
         ))
+}
+
+/// CORS for the tracking endpoints: browsers may POST beacons and batches
+/// from the listed origins (`*`: any). No credentials: tracking never needs
+/// cookies of this origin except the pixel's, which is a plain GET.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(86_400))
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

@@ -18,5 +18,6 @@ mod model;
 mod operations;
 mod pixel;
 mod process;
+mod security;
 mod shutdown;
 mod stats;

@@ -188,6 +188,7 @@ async fn readiness_fails_once_shutdown_begins() {
         queue,
         Arc::new(Metrics::new()),
         ApiSettings::from(&crate::helpers::config(&[])),
+        Arc::new(impression_counter::auth::ApiKeys::open()),
     );
     let ready = |state: AppState| async move {
         let response = router(state)

@@ -13,6 +13,8 @@ pub struct ServerProcess {
     /// `host:port` it listens on.
     pub addr: String,
     lines: mpsc::Receiver<String>,
+    /// What it logged until it was listening.
+    startup: Vec<String>,
 }
 
 impl ServerProcess {
@@ -55,7 +57,7 @@ impl ServerProcess {
                         .and_then(|v| v["addr"].as_str().map(str::to_owned));
                     seen.push(line);
                     if let Some(addr) = addr {
-                        return ServerProcess { child, addr, lines };
+                        return ServerProcess { child, addr, lines, startup: seen };
                     }
                 }
                 Err(_) => {
@@ -87,12 +89,17 @@ impl ServerProcess {
         (output.status, text)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://host:port` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// SIGTERM, then waits for the exit; returns the status and the log.
+    /// SIGTERM, then waits for the exit; returns the status and the whole log.
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
@@ -101,7 +108,9 @@ impl ServerProcess {
             .expect("kill runs");
         assert!(sent.success());
         let status = self.child.wait().expect("the server exits");
-        (status, self.lines.try_iter().collect())
+        let mut log = std::mem::take(&mut self.startup);
+        log.extend(self.lines.try_iter());
+        (status, log)
     }
 
     /// SIGKILL: no cleanup, no flush, no goodbye.

@@ -181,17 +181,7 @@ impl DiskStore {
             .write(true)
             .open(&lock_path)
             .map_err(io_error(format!("opening {}", lock_path.display())))?;
-        if let Err(e) = lock.try_lock() {
-            return match e {
-                std::fs::TryLockError::WouldBlock => Err(DiskError::Locked {
-                    dir: dir.display().to_string(),
-                }),
-                std::fs::TryLockError::Error(source) => Err(DiskError::Io {
-                    context: format!("locking {}", lock_path.display()),
-                    source,
-                }),
-            };
-        }
+        lock_exclusively(&lock, dir, &lock_path)?;
 
         let started = std::time::Instant::now();
         let now = clock.now();
@@ -471,6 +461,33 @@ fn compact(
     }
     let _ = frame::sync_dir(dir);
     Ok((size, folded_bytes))
+}
+
+/// Takes the directory's lock, retrying for a moment: a process that is
+/// exiting (a restart), or a child that was forked while our descriptor
+/// was open and has not yet exec'd, can hold it briefly. A live second
+/// server holds it for good, and is reported.
+fn lock_exclusively(lock: &File, dir: &Path, lock_path: &Path) -> Result<(), DiskError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DiskError::Locked {
+                    dir: dir.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(DiskError::Io {
+                    context: format!("locking {}", lock_path.display()),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 fn create_segment(dir: &Path, n: u64) -> Result<File, DiskError> {
