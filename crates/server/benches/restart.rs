@@ -87,7 +87,8 @@ fn main() {
 
     let time_open = |label: &str| -> Duration {
         let started = Instant::now();
-        let store = DiskStore::open(dir.path(), options, config.clone(), Arc::clone(&clock)).unwrap();
+        let store =
+            DiskStore::open(dir.path(), options, config.clone(), Arc::clone(&clock)).unwrap();
         let took = started.elapsed();
         assert_eq!(store.engine().live_dedup_keys() as u64, n);
         println!(

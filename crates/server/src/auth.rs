@@ -128,7 +128,11 @@ fn read_key_file(path: &Path) -> Result<Vec<String>, KeyFileError> {
 
 /// Middleware: lets a request through only with a valid bearer key, when
 /// keys are configured.
-pub async fn require_key(State(keys): State<Arc<ApiKeys>>, request: Request, next: Next) -> Response {
+pub async fn require_key(
+    State(keys): State<Arc<ApiKeys>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !keys.enabled() {
         return next.run(request).await;
     }
@@ -162,7 +166,9 @@ pub fn reload_on_sighup(keys: Arc<ApiKeys>) {
         while hangups.recv().await.is_some() {
             match keys.reload() {
                 Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
-                Err(e) => tracing::error!(error = %e, "API keys not reloaded; the previous keys stay in force"),
+                Err(e) => {
+                    tracing::error!(error = %e, "API keys not reloaded; the previous keys stay in force")
+                }
             }
         }
     });
@@ -176,14 +182,19 @@ mod tests {
     use clap::Parser;
 
     fn config(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("impression-counter").chain(args.iter().copied())).unwrap()
+        Config::try_parse_from(std::iter::once("impression-counter").chain(args.iter().copied()))
+            .unwrap()
     }
 
     #[test]
     fn inline_and_file_keys_are_accepted_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys");
-        std::fs::write(&file, "# rotated 2025-01-01\nfile-key-1\n\n  file-key-2  \n").unwrap();
+        std::fs::write(
+            &file,
+            "# rotated 2025-01-01\nfile-key-1\n\n  file-key-2  \n",
+        )
+        .unwrap();
         let keys = ApiKeys::from_config(&config(&[
             "--api-keys",
             "inline-a, inline-b",
@@ -195,7 +206,13 @@ mod tests {
         for good in ["inline-a", "inline-b", "file-key-1", "file-key-2"] {
             assert!(keys.accepts(good), "{good}");
         }
-        for bad in ["", "inline", "inline-a ", "file-key-3", "# rotated 2025-01-01"] {
+        for bad in [
+            "",
+            "inline",
+            "inline-a ",
+            "file-key-3",
+            "# rotated 2025-01-01",
+        ] {
             assert!(!keys.accepts(bad), "{bad:?}");
         }
     }
@@ -205,14 +222,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys");
         std::fs::write(&file, "old\n").unwrap();
-        let keys = ApiKeys::from_config(&config(&["--api-keys-file", file.to_str().unwrap()])).unwrap();
+        let keys =
+            ApiKeys::from_config(&config(&["--api-keys-file", file.to_str().unwrap()])).unwrap();
         assert!(keys.accepts("old"));
         std::fs::write(&file, "new\n").unwrap();
         assert_eq!(keys.reload().unwrap(), 1);
         assert!(keys.accepts("new") && !keys.accepts("old"));
         std::fs::remove_file(&file).unwrap();
         assert!(keys.reload().is_err());
-        assert!(keys.accepts("new"), "a failed reload keeps the keys in force");
+        assert!(
+            keys.accepts("new"),
+            "a failed reload keeps the keys in force"
+        );
     }
 
     #[test]

@@ -169,7 +169,12 @@ pub struct Config {
 
     /// Origins allowed to call the tracking endpoints from browsers (CORS),
     /// comma-separated, or `*` for any.
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
     pub cors_allowed_origins: Vec<String>,
 
     /// Largest request body, in bytes (batches: BATCH_MAX_BYTES).

@@ -43,11 +43,16 @@ pub async fn header_size(State(max): State<usize>, request: Request, next: Next)
 /// Middleware: sheds a request with 503 when `MAX_IN_FLIGHT` are already
 /// being handled. Shedding at the door keeps memory bounded under a flood:
 /// a request refused here has cost almost nothing.
-pub async fn shed_load(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+pub async fn shed_load(
+    State(slots): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
     match slots.try_acquire() {
         Ok(_slot) => next.run(request).await,
         Err(_) => ApiError::Unavailable(
-            "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly".into(),
+            "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly"
+                .into(),
         )
         .into_response(),
     }
@@ -56,7 +61,11 @@ pub async fn shed_load(State(slots): State<Arc<Semaphore>>, request: Request, ne
 /// Middleware: a request's body must arrive within `timeout` of the
 /// handler starting to read it, or reading fails with [`BodyTimeout`]
 /// (answered 408). Stops slow-body clients from holding a request forever.
-pub async fn body_deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+pub async fn body_deadline(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
     let request = request.map(|body| Body::new(DeadlineBody::new(body, timeout)));
     next.run(request).await
 }

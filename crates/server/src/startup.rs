@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
-use crate::server::{self, ConnectionLimits};
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
 use crate::metrics::Metrics;
 use crate::routes::{self, ApiSettings, AppState};
+use crate::server::{self, ConnectionLimits};
 use crate::storage::{self, Store};
 
 /// Why the application could not start.

@@ -57,7 +57,12 @@ impl ServerProcess {
                         .and_then(|v| v["addr"].as_str().map(str::to_owned));
                     seen.push(line);
                     if let Some(addr) = addr {
-                        return ServerProcess { child, addr, lines, startup: seen };
+                        return ServerProcess {
+                            child,
+                            addr,
+                            lines,
+                            startup: seen,
+                        };
                     }
                 }
                 Err(_) => {

@@ -18,21 +18,39 @@ async fn management_endpoints_need_a_valid_key_and_tracking_stays_open() {
     let protected = [
         ("POST", "/api/v1/campaigns"),
         ("GET", "/api/v1/campaigns"),
-        ("GET", "/api/v1/campaigns/0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a"),
-        ("GET", "/api/v1/campaigns/0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a/stats"),
-        ("GET", "/api/v1/campaigns/0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a/timeseries"),
+        (
+            "GET",
+            "/api/v1/campaigns/0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a",
+        ),
+        (
+            "GET",
+            "/api/v1/campaigns/0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a/stats",
+        ),
+        (
+            "GET",
+            "/api/v1/campaigns/0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a/timeseries",
+        ),
         ("GET", "/metrics"),
     ];
     for (method, path) in protected {
         for auth in [None, Some("Bearer wrong"), Some("Basic azc="), Some(KEY)] {
-            let mut request = app.client.request(method.parse().unwrap(), app.url(path)).json(&json!({ "name": "n" }));
+            let mut request = app
+                .client
+                .request(method.parse().unwrap(), app.url(path))
+                .json(&json!({ "name": "n" }));
             if let Some(auth) = auth {
                 request = request.header("authorization", auth);
             }
             let response = request.send().await.unwrap();
-            assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"impression-counter\"");
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Bearer realm=\"impression-counter\""
+            );
             let message = assert_error(response, StatusCode::UNAUTHORIZED).await;
-            assert!(message.contains("API key"), "{method} {path} {auth:?}: {message}");
+            assert!(
+                message.contains("API key"),
+                "{method} {path} {auth:?}: {message}"
+            );
         }
     }
     // With the key: through (scheme case-insensitive, either key).
@@ -45,11 +63,23 @@ async fn management_endpoints_need_a_valid_key_and_tracking_stays_open() {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let metrics = app.client.get(app.url("/metrics")).bearer_auth("second-key").send().await.unwrap();
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("second-key")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     // Tracking needs no key; health and docs neither.
-    assert_eq!(app.track(&id, "u", "a").await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        app.track(&id, "u", "a").await.status(),
+        StatusCode::ACCEPTED
+    );
     for open in ["/healthz", "/readyz", "/openapi.json", "/docs/"] {
         assert_eq!(app.get(open).await.status(), StatusCode::OK, "{open}");
     }
@@ -71,7 +101,13 @@ fn keys_reload_on_sighup_and_never_reach_the_log() {
         let url = server.url("/api/v1/campaigns");
         let key = key.to_owned();
         runtime.block_on(async move {
-            reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap().status()
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
         })
     };
     assert_eq!(status_with("old-secret-1"), StatusCode::OK);
@@ -79,10 +115,19 @@ fn keys_reload_on_sighup_and_never_reach_the_log() {
 
     std::fs::write(&file, "new-secret-3\n").unwrap();
     let pid = server.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while status_with("new-secret-3") != StatusCode::OK {
-        assert!(std::time::Instant::now() < deadline, "the key file was not reloaded");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key file was not reloaded"
+        );
         std::thread::yield_now();
     }
     assert_eq!(status_with("old-secret-1"), StatusCode::UNAUTHORIZED);
@@ -101,12 +146,20 @@ fn keys_reload_on_sighup_and_never_reach_the_log() {
 fn without_keys_the_start_warns_that_management_is_open() {
     let server = ServerProcess::start(&[("STORAGE", "memory")]);
     let (_, log) = server.terminate();
-    assert!(log.iter().any(|l| l.contains("no API_KEYS or API_KEYS_FILE")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("no API_KEYS or API_KEYS_FILE")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]
 async fn cors_preflight_for_tracking_from_allowed_origins_only() {
-    let app = spawn_app_with(&["--cors-allowed-origins", "https://pub.example,https://other.example"]).await;
+    let app = spawn_app_with(&[
+        "--cors-allowed-origins",
+        "https://pub.example,https://other.example",
+    ])
+    .await;
     let preflight = |origin: &'static str| {
         app.client
             .request(reqwest::Method::OPTIONS, app.url("/api/v1/impressions"))
@@ -117,11 +170,29 @@ async fn cors_preflight_for_tracking_from_allowed_origins_only() {
     };
     let allowed = preflight("https://pub.example").await.unwrap();
     assert!(allowed.status().is_success());
-    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://pub.example");
-    assert!(allowed.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-    assert!(allowed.headers()["access-control-allow-headers"].to_str().unwrap().contains("content-type"));
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://pub.example"
+    );
+    assert!(
+        allowed.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        allowed.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("content-type")
+    );
     let refused = preflight("https://evil.example").await.unwrap();
-    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
 
     // The default allows any origin.
     let open = spawn_app_with(&[]).await;
@@ -153,7 +224,9 @@ async fn oversized_headers_are_431_json() {
 
 /// Opens a raw connection to the app.
 async fn raw(app: &crate::helpers::TestApp) -> TcpStream {
-    TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap()
+    TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
 }
 
 /// Reads until the peer closes (bounded); returns what was read.
@@ -173,19 +246,27 @@ async fn a_slow_body_is_408_json() {
         .unwrap();
     let answer = read_to_close(&mut stream, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("BODY_READ_TIMEOUT") && answer.contains("\"code\":408"), "{answer}");
+    assert!(
+        answer.contains("BODY_READ_TIMEOUT") && answer.contains("\"code\":408"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
 async fn slow_headers_and_idle_connections_are_closed() {
     let app = spawn_app_with(&["--header-read-timeout", "300ms"]).await;
     let mut slow = raw(&app).await;
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     let mut idle = raw(&app).await;
     let started = std::time::Instant::now();
     read_to_close(&mut slow, Duration::from_secs(10)).await;
     read_to_close(&mut idle, Duration::from_secs(10)).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "both were closed by the server");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "both were closed by the server"
+    );
 }
 
 #[tokio::test]
@@ -197,9 +278,18 @@ async fn requests_beyond_max_in_flight_are_shed_with_503() {
     // Two requests wait for processing (the store is gated): both slots taken.
     let waiting: Vec<_> = (0..2)
         .map(|i| {
-            let (http, url, c) = (app.client.clone(), app.url("/api/v1/impressions?wait=true"), c.clone());
+            let (http, url, c) = (
+                app.client.clone(),
+                app.url("/api/v1/impressions?wait=true"),
+                c.clone(),
+            );
             tokio::spawn(async move {
-                http.post(url).json(&json!({ "campaign_id": c, "user_id": format!("u{i}"), "ad_id": "a" })).send().await.unwrap().status()
+                http.post(url)
+                    .json(&json!({ "campaign_id": c, "user_id": format!("u{i}"), "ad_id": "a" }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
             })
         })
         .collect();
@@ -230,10 +320,16 @@ async fn connections_beyond_max_connections_get_one_503_and_are_closed() {
     let _first = raw(&app).await;
     let _second = raw(&app).await;
     let mut third = raw(&app).await;
-    third.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let answer = read_to_close(&mut third, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("MAX_CONNECTIONS") && answer.contains("\"code\":503"), "{answer}");
+    assert!(
+        answer.contains("MAX_CONNECTIONS") && answer.contains("\"code\":503"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -241,10 +337,22 @@ async fn campaign_count_and_id_lengths_are_bounded() {
     let app = spawn_app_with(&["--max-campaigns", "2", "--max-id-bytes", "8"]).await;
     let c = app.create_campaign("one").await;
     app.create_campaign("two").await;
-    let response = app.post_json("/api/v1/campaigns", &json!({ "name": "three" })).await;
+    let response = app
+        .post_json("/api/v1/campaigns", &json!({ "name": "three" }))
+        .await;
     let message = assert_error(response, StatusCode::CONFLICT).await;
     assert!(message.contains("MAX_CAMPAIGNS"), "{message}");
-    let message = assert_error(app.track(&c, "123456789", "a").await, StatusCode::BAD_REQUEST).await;
-    assert_eq!(message, "user_id must be at most 8 bytes, got 9 (MAX_ID_BYTES)");
-    assert_eq!(app.track(&c, "12345678", "a").await.status(), StatusCode::ACCEPTED);
+    let message = assert_error(
+        app.track(&c, "123456789", "a").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(
+        message,
+        "user_id must be at most 8 bytes, got 9 (MAX_ID_BYTES)"
+    );
+    assert_eq!(
+        app.track(&c, "12345678", "a").await.status(),
+        StatusCode::ACCEPTED
+    );
 }
