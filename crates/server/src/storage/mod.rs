@@ -9,6 +9,8 @@
 //!   nothing on disk.
 //! * [`disk::DiskStore`]: the same engine, made durable by a checksummed
 //!   append-only log and snapshots in `DATA_DIR`.
+//! * [`redis::RedisStore`]: Redis, Valkey or Redis Cluster, shared by many
+//!   stateless nodes; the same rules, applied inside Redis by Lua scripts.
 //!
 //! A backend that must persist an impression before it may be acknowledged
 //! says so with [`Store::acknowledges_after_apply`]; the HTTP layer then
@@ -16,6 +18,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -138,8 +141,6 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Stor
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             Ok(Arc::new(store))
         }
-        other => Err(StoreError::Unavailable(format!(
-            "the {other:?} backend is not available in this build"
-        ))),
+        StorageKind::Redis => Ok(Arc::new(redis::RedisStore::open(config).await?)),
     }
 }

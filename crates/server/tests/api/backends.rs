@@ -15,6 +15,10 @@ pub enum Backend {
     Memory,
     /// The engine made durable in a temporary data directory.
     Disk,
+    /// A single Redis node (shared by the tests, each under its own prefix).
+    Redis,
+    /// A 3-master Redis Cluster (shared likewise).
+    RedisCluster,
 }
 
 /// Whatever must stay alive while an app uses a backend (temporary
@@ -41,6 +45,28 @@ impl Backend {
                     "4096".into(),
                 ];
                 (flags, Box::new(dir))
+            }
+            Backend::Redis => {
+                let flags = vec![
+                    "--storage".into(),
+                    "redis".into(),
+                    "--redis-url".into(),
+                    crate::redis_servers::single_url(),
+                    "--redis-prefix".into(),
+                    crate::redis_servers::unique_prefix(),
+                ];
+                (flags, Box::new(()))
+            }
+            Backend::RedisCluster => {
+                let flags = vec![
+                    "--storage".into(),
+                    "redis".into(),
+                    "--redis-cluster-nodes".into(),
+                    crate::redis_servers::cluster_nodes().join(","),
+                    "--redis-prefix".into(),
+                    crate::redis_servers::unique_prefix(),
+                ];
+                (flags, Box::new(()))
             }
         }
     }
@@ -92,6 +118,16 @@ macro_rules! backend_test {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn disk() {
                 run($crate::backends::Backend::Disk).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                run($crate::backends::Backend::Redis).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                run($crate::backends::Backend::RedisCluster).await;
             }
         }
     };

@@ -1,0 +1,176 @@
+-- Shared by every counting and reading script (prepended to each).
+--
+-- Layout under a campaign's base B = "<prefix>{c<uuid>}" (one hash tag, so
+-- one Redis Cluster slot per campaign):
+--
+--   B..":tot"              hash  counter -> all-time total; "x" -> "1" once an
+--                                ad was refused its own counters; "mh" -> the
+--                                highest hour (Unix hours) recorded
+--   B..":ads"              hash  ad id -> its counter, "0", "1", ... in the
+--                                order ads were first counted
+--   B..":"..k..":m:"..min  hash  second of the minute (0..59) -> count
+--   B..":"..k..":h:"..hour hash  minute of the hour (0..59) -> count
+--   B..":"..k..":d:"..day  hash  hour of the day (0..23) -> count
+--
+-- k is "a" (the whole campaign), "o" (ads beyond the limit) or an ad's
+-- counter. This mirrors crates/core/src/window.rs: per-second counts for the
+-- last day, minute totals, hour totals for the retained history, and a
+-- total; with the same conditions for what is recorded, so the answers are
+-- the embedded engine's.
+--
+-- Times are the calling node's (ARGV), never Redis's clock. Key expiry only
+-- reclaims memory: every relative expiry is the time until the node-time
+-- moment the engine would drop the bucket, plus a slack.
+
+local floor = math.floor
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Window settings from ARGV, shared by the counting scripts.
+local function window_ctx(now_ms, slack_s, history_hours, max_ads)
+  local now_sec = floor(now_ms / 1000)
+  return {
+    now_sec = now_sec,
+    now_min = floor(now_sec / 60),
+    now_hour = floor(now_sec / 3600),
+    slack = slack_s,
+    history = history_hours,
+    max_ads = max_ads,
+  }
+end
+
+-- Increments gathered per (key, field) and written once at the end: a
+-- chunk of a thousand impressions in one second is a handful of HINCRBYs.
+local function new_tally()
+  return { inc = {}, ttl = {}, maxh = {} }
+end
+
+local function tally_add(tally, key, field, ttl_s)
+  local fields = tally.inc[key]
+  if not fields then
+    fields = {}
+    tally.inc[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + 1
+  if ttl_s and (not tally.ttl[key] or ttl_s > tally.ttl[key]) then
+    tally.ttl[key] = ttl_s
+  end
+end
+
+local function tally_flush(tally)
+  for key, fields in pairs(tally.inc) do
+    for field, n in pairs(fields) do
+      redis.call('HINCRBY', key, field, n)
+    end
+    local ttl = tally.ttl[key]
+    if ttl then
+      if ttl < 1 then ttl = 1 end
+      redis.call('EXPIRE', key, int(ttl))
+    end
+  end
+  for base, hour in pairs(tally.maxh) do
+    local current = tonumber(redis.call('HGET', base .. ':tot', 'mh'))
+    if not current or hour > current then
+      redis.call('HSET', base .. ':tot', 'mh', int(hour))
+    end
+  end
+end
+
+-- WindowCounter::record for counter k of the campaign at base.
+local function record(tally, base, k, sec, ctx)
+  local minute = floor(sec / 60)
+  local hour = floor(sec / 3600)
+  local prefix = base .. ':' .. k
+  -- Minute buckets cover the last 1,440 minutes and the current one.
+  if minute + 1440 >= ctx.now_min then
+    tally_add(tally, prefix .. ':m:' .. int(minute), int(sec % 60),
+      (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+    tally_add(tally, prefix .. ':h:' .. int(hour), int(minute % 60),
+      (hour * 60 + 60 + 1440) * 60 - ctx.now_sec + ctx.slack)
+  end
+  -- Hour buckets cover the retained history.
+  if hour + ctx.history > ctx.now_hour then
+    local day = floor(hour / 24)
+    tally_add(tally, prefix .. ':d:' .. int(day), int(hour % 24),
+      (day * 24 + 24 + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
+    if not tally.maxh[base] or hour > tally.maxh[base] then
+      tally.maxh[base] = hour
+    end
+  end
+  tally_add(tally, base .. ':tot', k, nil)
+end
+
+-- The counter of an ad: its own while fewer than max_ads ads have one,
+-- "o" (other) after that. Decided here, inside the script, so the first
+-- max_ads ads counted win whichever node counted them.
+local function counter_of(base, ad, ctx, memo)
+  local known = memo[base]
+  if not known then
+    known = {}
+    memo[base] = known
+  end
+  local k = known[ad]
+  if k then
+    return k
+  end
+  k = redis.call('HGET', base .. ':ads', ad)
+  if not k then
+    local n = redis.call('HLEN', base .. ':ads')
+    if n < ctx.max_ads then
+      k = int(n)
+      redis.call('HSET', base .. ':ads', ad, k)
+    else
+      k = 'o'
+      redis.call('HSET', base .. ':tot', 'x', '1')
+    end
+  end
+  known[ad] = k
+  return k
+end
+
+-- Counts one impression (already decided to count) at t_ms.
+local function count(tally, base, ad, t_ms, ctx, memo)
+  local sec = floor(t_ms / 1000)
+  record(tally, base, 'a', sec, ctx)
+  record(tally, base, counter_of(base, ad, ctx, memo), sec, ctx)
+end
+
+-- DedupRule::decide for n impressions whose dedup keys are keys[from ..
+-- from + n - 1] and whose times are t_of(1..n), in order. Per key the value
+-- is L, the latest counted time (ms). Returns one boolean per impression:
+-- true = counted. A counted key's entry is kept (PX) until the node-time
+-- moment L + retention (TTL + the lateness allowed), plus a slack.
+local function dedup(keys, from, n, t_of, now_ms, ttl_ms, retention_ms, slack_ms)
+  local decided = {}
+  if n == 0 then
+    return decided
+  end
+  local stored = redis.call('MGET', unpack(keys, from, from + n - 1))
+  local latest = {}
+  for i = 1, n do
+    local key = keys[from + i - 1]
+    local t = t_of(i)
+    local last = latest[key]
+    if last == nil then
+      last = tonumber(stored[i]) or false
+    end
+    if last and math.abs(t - last) < ttl_ms then
+      decided[i] = false
+    else
+      local new_last = t
+      if last and last > t then
+        new_last = last
+      end
+      latest[key] = new_last
+      local px = new_last + retention_ms - now_ms
+      if px < 0 then
+        px = 0
+      end
+      redis.call('SET', key, int(new_last), 'PX', int(px + slack_ms))
+      decided[i] = true
+    end
+  end
+  return decided
+end

@@ -1,0 +1,104 @@
+
+-- stats: a campaign's windows and totals, read in one atomic step so the
+-- numbers are one snapshot (per ad, they add up to the campaign's).
+--
+-- KEYS: the campaign's ":tot" hash.
+-- ARGV: now_s, mode ("a": the campaign only; "ads": also every ad and
+--       "other").
+-- Returns, for "a": {last_hour, last_day, total}; for "ads": {exceeded,
+-- nads, then last_hour, last_day, total of the campaign, then of "other",
+-- then per ad: ad id, last_hour, last_day, total}.
+--
+-- A window [lo, now] is summed as WindowCounter::count_since does: the
+-- seconds of lo's minute from lo on, the minute totals of the rest of lo's
+-- hour, then the hour totals after lo's hour (up to the highest recorded).
+-- That is a handful of HMGETs per counter, whatever the volume.
+local base = string.sub(KEYS[1], 1, -5)
+local now = tonumber(ARGV[1])
+
+local function hmget_into(sums, counters, suffix, fields)
+  if #fields == 0 then
+    return
+  end
+  for j = 1, #counters do
+    local values = redis.call('HMGET', base .. ':' .. counters[j] .. suffix, unpack(fields))
+    local s = sums[j]
+    for i = 1, #fields do
+      local v = values[i]
+      if v then
+        s = s + tonumber(v)
+      end
+    end
+    sums[j] = s
+  end
+end
+
+local function since(counters, lo, maxh)
+  local sums = {}
+  for j = 1, #counters do
+    sums[j] = 0
+  end
+  local minute = floor(lo / 60)
+  local hour = floor(lo / 3600)
+  local fields = {}
+  for s = lo % 60, 59 do
+    fields[#fields + 1] = int(s)
+  end
+  hmget_into(sums, counters, ':m:' .. int(minute), fields)
+  fields = {}
+  for m = minute % 60 + 1, 59 do
+    fields[#fields + 1] = int(m)
+  end
+  hmget_into(sums, counters, ':h:' .. int(hour), fields)
+  if maxh then
+    local h = hour + 1
+    while h <= maxh do
+      local day = floor(h / 24)
+      fields = {}
+      while h <= maxh and floor(h / 24) == day do
+        fields[#fields + 1] = int(h % 24)
+        h = h + 1
+      end
+      hmget_into(sums, counters, ':d:' .. int(day), fields)
+    end
+  end
+  return sums
+end
+
+local hour_lo = now - 3599
+if hour_lo < 0 then hour_lo = 0 end
+local day_lo = now - 86399
+if day_lo < 0 then day_lo = 0 end
+
+if ARGV[2] == 'a' then
+  local tot = redis.call('HMGET', KEYS[1], 'a', 'mh')
+  local maxh = tonumber(tot[2])
+  local counters = { 'a' }
+  return { since(counters, hour_lo, maxh)[1], since(counters, day_lo, maxh)[1], tonumber(tot[1]) or 0 }
+end
+
+local ads = redis.call('HGETALL', base .. ':ads')
+local counters = { 'a', 'o' }
+local names = {}
+for i = 1, #ads, 2 do
+  names[#names + 1] = ads[i]
+  counters[#counters + 1] = ads[i + 1]
+end
+local fields = { 'x', 'mh' }
+for j = 1, #counters do
+  fields[#fields + 1] = counters[j]
+end
+local tot = redis.call('HMGET', KEYS[1], unpack(fields))
+local maxh = tonumber(tot[2])
+local hour = since(counters, hour_lo, maxh)
+local day = since(counters, day_lo, maxh)
+local out = { tot[1] and 1 or 0, #names }
+for j = 1, #counters do
+  if j > 2 then
+    out[#out + 1] = names[j - 2]
+  end
+  out[#out + 1] = hour[j]
+  out[#out + 1] = day[j]
+  out[#out + 1] = tonumber(tot[2 + j]) or 0
+end
+return out
