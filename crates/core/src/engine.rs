@@ -74,6 +74,32 @@ impl Default for EngineConfig {
 #[error("campaign {0} already exists")]
 pub struct CampaignExists(pub CampaignId);
 
+/// Items grouped by a small key, stably: `order` lists item indices grouped
+/// by key, and `ranges[k]` is where key `k`'s group lies in it.
+struct Grouped {
+    order: Vec<usize>,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+/// A stable counting sort of `items` by `key(item) < keys`: O(items + keys).
+fn counting_sort<T>(items: &[T], keys: usize, key: impl Fn(&T) -> usize) -> Grouped {
+    let mut starts = vec![0usize; keys + 1];
+    for item in items {
+        starts[key(item) + 1] += 1;
+    }
+    for k in 0..keys {
+        starts[k + 1] += starts[k];
+    }
+    let ranges = (0..keys).map(|k| starts[k]..starts[k + 1]).collect();
+    let mut order = vec![0usize; items.len()];
+    for (i, item) in items.iter().enumerate() {
+        let at = &mut starts[key(item)];
+        order[*at] = i;
+        *at += 1;
+    }
+    Grouped { order, ranges }
+}
+
 /// One campaign's complete state as plain data, for snapshots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CampaignSnapshot {
@@ -279,64 +305,82 @@ impl Engine {
 
         // 1. Resolve campaigns (one map lookup per run of the same campaign)
         //    and fingerprint the impressions that may count.
-        let mut slots: Vec<Option<&CampaignSlot>> = Vec::with_capacity(batch.len());
+        let mut distinct: Vec<&CampaignSlot> = Vec::new();
+        let mut seen: HashMap<CampaignId, Option<u32>> = HashMap::new();
+        let mut campaign_of: Vec<u32> = vec![u32::MAX; batch.len()];
         let mut pending: Vec<(u32, u32, Fingerprint)> = Vec::with_capacity(batch.len());
-        let mut last: Option<(CampaignId, Option<&CampaignSlot>)> = None;
+        let mut last: Option<(CampaignId, Option<u32>)> = None;
         for (i, imp) in batch.iter().enumerate() {
-            let slot = match last {
-                Some((id, slot)) if id == imp.campaign_id => slot,
+            let index = match last {
+                Some((id, index)) if id == imp.campaign_id => index,
                 _ => {
-                    let slot = campaigns.get(&imp.campaign_id);
-                    last = Some((imp.campaign_id, slot));
-                    slot
+                    let index = *seen.entry(imp.campaign_id).or_insert_with(|| {
+                        campaigns.get(&imp.campaign_id).map(|slot| {
+                            distinct.push(slot);
+                            (distinct.len() - 1) as u32
+                        })
+                    });
+                    last = Some((imp.campaign_id, index));
+                    index
                 }
             };
-            slots.push(slot);
-            match slot {
-                None => outcomes[i] = TrackOutcome::Rejected(Rejection::UnknownCampaign),
-                Some(s) if !s.campaign.has_started(imp.timestamp) => {
-                    outcomes[i] = TrackOutcome::Rejected(Rejection::NotStarted);
-                }
-                Some(_) => {
-                    let fp = Fingerprint::of(
-                        &imp.campaign_id,
-                        &imp.ad_id,
-                        &imp.user_id,
-                        self.config.scope,
-                    );
-                    // Batches are far below 2^32 items; the index fits.
-                    pending.push((self.dedup.shard_of(fp) as u32, i as u32, fp));
-                }
-            }
-        }
-
-        // 2. Decide, one lock per shard. Sorting by (shard, position) keeps
-        //    batch order within each shard, which is all the rule needs.
-        pending.sort_unstable_by_key(|&(shard, i, _)| (shard, i));
-        for run in pending.chunk_by(|a, b| a.0 == b.0) {
-            let mut shard = self.dedup.lock_shard(run[0].0 as usize);
-            for &(_, i, fp) in run {
-                let i = i as usize;
-                if let Decision::Count { .. } = shard.check(fp, batch[i].timestamp, now) {
-                    outcomes[i] = TrackOutcome::Counted;
-                }
-            }
-        }
-
-        // 3. Add the counted ones to their campaigns' windows, one lock per
-        //    run of the same campaign.
-        let mut current: Option<(&CampaignSlot, parking_lot::MutexGuard<'_, CampaignCounters>)> =
-            None;
-        for (i, imp) in batch.iter().enumerate() {
-            if outcomes[i] != TrackOutcome::Counted {
+            let Some(index) = index else {
+                outcomes[i] = TrackOutcome::Rejected(Rejection::UnknownCampaign);
+                continue;
+            };
+            if !distinct[index as usize].campaign.has_started(imp.timestamp) {
+                outcomes[i] = TrackOutcome::Rejected(Rejection::NotStarted);
                 continue;
             }
-            let Some(slot) = slots[i] else { continue };
-            if !matches!(&current, Some((held, _)) if std::ptr::eq(*held, slot)) {
-                drop(current.take()); // release before taking the next lock
-                current = Some((slot, slot.windows.lock()));
+            campaign_of[i] = index;
+            let fp = Fingerprint::of(
+                &imp.campaign_id,
+                &imp.ad_id,
+                &imp.user_id,
+                self.config.scope,
+            );
+            // Batches are far below 2^32 items; the index fits.
+            pending.push((self.dedup.shard_of(fp) as u32, i as u32, fp));
+        }
+
+        // 2. Decide, one lock per shard. A counting sort by shard keeps batch
+        //    order within each shard, which is all the rule needs.
+        let by_shard = counting_sort(&pending, self.dedup.shard_count(), |p| p.0 as usize);
+        let mut run: Vec<(Fingerprint, Timestamp)> = Vec::with_capacity(pending.len());
+        for (shard, range) in by_shard.ranges.into_iter().enumerate() {
+            if range.is_empty() {
+                continue;
             }
-            if let Some((_, counters)) = &mut current {
+            let order = &by_shard.order[range];
+            run.clear();
+            run.extend(
+                order
+                    .iter()
+                    .map(|&k| (pending[k].2, batch[pending[k].1 as usize].timestamp)),
+            );
+            let mut shard = self.dedup.lock_shard(shard);
+            shard.check_run(&run, now, |j, decision| {
+                if let Decision::Count { .. } = decision {
+                    outcomes[pending[order[j]].1 as usize] = TrackOutcome::Counted;
+                }
+            });
+        }
+
+        // 3. Add the counted ones to their campaigns' windows: one lock per
+        //    campaign, batch order within it.
+        let counted: Vec<u32> = (0..batch.len() as u32)
+            .filter(|&i| outcomes[i as usize] == TrackOutcome::Counted)
+            .collect();
+        let by_campaign = counting_sort(&counted, distinct.len(), |&i| {
+            campaign_of[i as usize] as usize
+        });
+        for (c, range) in by_campaign.ranges.into_iter().enumerate() {
+            if range.is_empty() {
+                continue;
+            }
+            let mut counters = distinct[c].windows.lock();
+            for &k in &by_campaign.order[range] {
+                let imp = &batch[counted[k] as usize];
                 counters.record(&imp.ad_id, imp.timestamp, now);
             }
         }

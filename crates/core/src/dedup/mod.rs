@@ -26,9 +26,16 @@
 //! keys rarely meet on a lock. Each shard holds:
 //!
 //! * a FIFO ring of 24-byte entries `(fingerprint, L)` in insertion order, in
-//!   fixed chunks of 1024 so it grows and shrinks without copying;
-//! * a `hashbrown` table of 4-byte ring positions, which finds a key's
-//!   current entry.
+//!   fixed chunks of 1024 so it grows and shrinks without copying
+//!   ([`ring`]);
+//! * an open-addressing table of 8-byte slots (32 hash bits and a ring
+//!   position), which finds a key's current entry with one cache line of
+//!   slots plus, for a live key, its ring entry ([`table`]).
+//!
+//! Batches are checked a shard run at a time ([`ShardGuard::check_run`]):
+//! first every impression's slot line and candidate ring entry are loaded,
+//! independently of each other so the CPU overlaps the cache misses, then
+//! the decisions are made in order from warm caches.
 //!
 //! Expiry is O(1) amortized with no sweeps: because every key lives for the
 //! same span (TTL plus the allowed lateness) after its `L`, insertion order
@@ -37,20 +44,24 @@
 //! When a key is counted again, a new entry is appended and the table points
 //! at it; the old entry becomes stale and is dropped when it reaches the front.
 //!
-//! Memory per live key is one ring entry (24 bytes) plus one table slot
-//! (4 bytes and a control byte, at a load factor between 7/16 and 7/8): about
-//! 30–36 bytes, measured by the `memory_per_key` benchmark.
+//! Memory per live key is one ring entry (24 bytes) plus one 8-byte slot at
+//! a load factor between 3/8 and 3/4: about 35–40 bytes, measured by the
+//! `memory` benchmark.
 
-use std::collections::VecDeque;
+mod ring;
+mod table;
+
 use std::time::Duration;
 
-use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::campaign::CampaignId;
 use crate::impression::{AdId, UserId};
 use crate::time::{Timestamp, duration_millis};
+
+use self::ring::{Entry, Ring};
+use self::table::{SlotTable, slot_hash};
 
 /// Which impressions count as "the same" for the TTL rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -67,7 +78,7 @@ pub enum DedupScope {
 /// why 128 bits are enough).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
-    /// Low 64 bits: the hash table's hash.
+    /// Low 64 bits: the table's hash bits come from its high half.
     lo: u64,
     /// High 64 bits: the top bits choose the shard.
     hi: u64,
@@ -245,7 +256,7 @@ impl DedupIndex {
     pub fn for_each(&self, mut f: impl FnMut(Fingerprint, Timestamp)) {
         for shard in self.shards.iter() {
             let shard = shard.0.lock();
-            for &pos in shard.table.iter() {
+            for pos in shard.table.positions() {
                 let e = shard.ring.get(pos);
                 f(e.fp, e.last_counted);
             }
@@ -289,31 +300,52 @@ impl ShardGuard<'_> {
         self.shard.expire(now, index.retention_ms);
         self.shard.check(&index.rule, fp, t)
     }
+
+    /// Decides a run of impressions of this shard, in order, at `now`:
+    /// `decided(i, decision)` is called for the `i`-th. Same results as
+    /// calling [`ShardGuard::check`] for each, faster: the memory each
+    /// decision needs is loaded for the whole run first.
+    pub fn check_run(
+        &mut self,
+        run: &[(Fingerprint, Timestamp)],
+        now: Timestamp,
+        mut decided: impl FnMut(usize, Decision),
+    ) {
+        let index = self.index;
+        let shard = &mut *self.shard;
+        shard.expire(now, index.retention_ms);
+        shard.warm(run.iter().map(|&(fp, _)| fp));
+        for (i, &(fp, t)) in run.iter().enumerate() {
+            decided(i, shard.check(&index.rule, fp, t));
+        }
+    }
 }
 
 #[derive(Default)]
 struct Shard {
-    /// Ring position of each live key's current entry, hashed by `fp.lo`.
-    table: HashTable<u32>,
+    /// Slot of each live key: its hash bits and its current ring position.
+    table: SlotTable,
     ring: Ring,
 }
 
 impl Shard {
     fn check(&mut self, rule: &DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
+        let hash = slot_hash(fp.lo);
         let ring = &mut self.ring;
-        match self.table.find_mut(fp.lo, |&pos| ring.get(pos).fp == fp) {
-            Some(pos) => {
-                let last = ring.get(*pos).last_counted;
+        match self.table.find(hash, |pos| ring.get(pos).fp == fp) {
+            Some(slot) => {
+                let last = ring.get(self.table.pos(slot)).last_counted;
                 let decision = rule.decide(Some(last), t);
                 if let Decision::Count { new_last } = decision
                     && new_last > last
                 {
                     // Append rather than update in place, so the ring stays
                     // in expiry order; the old entry goes stale.
-                    *pos = ring.push(Entry {
+                    let pos = ring.push(Entry {
                         fp,
                         last_counted: new_last,
                     });
+                    self.table.set_pos(slot, pos);
                 }
                 decision
             }
@@ -322,21 +354,23 @@ impl Shard {
                     fp,
                     last_counted: t,
                 });
-                self.table.insert_unique(fp.lo, pos, |&p| ring.get(p).fp.lo);
+                self.table.insert(hash, pos);
                 Decision::Count { new_last: t }
             }
         }
     }
 
     fn restore(&mut self, fp: Fingerprint, last: Timestamp) {
+        let hash = slot_hash(fp.lo);
         let ring = &mut self.ring;
-        match self.table.find_mut(fp.lo, |&pos| ring.get(pos).fp == fp) {
-            Some(pos) => {
-                if last > ring.get(*pos).last_counted {
-                    *pos = ring.push(Entry {
+        match self.table.find(hash, |pos| ring.get(pos).fp == fp) {
+            Some(slot) => {
+                if last > ring.get(self.table.pos(slot)).last_counted {
+                    let pos = ring.push(Entry {
                         fp,
                         last_counted: last,
                     });
+                    self.table.set_pos(slot, pos);
                 }
             }
             None => {
@@ -344,115 +378,73 @@ impl Shard {
                     fp,
                     last_counted: last,
                 });
-                self.table.insert_unique(fp.lo, pos, |&p| ring.get(p).fp.lo);
+                self.table.insert(hash, pos);
             }
         }
+    }
+
+    /// Loads the slot lines and candidate ring entries of `fps`. Each load is
+    /// independent of the others, so their cache misses overlap; the checks
+    /// that follow then find everything in cache.
+    fn warm(&self, fps: impl Iterator<Item = Fingerprint> + Clone) {
+        let mut sink = 0u64;
+        for fp in fps.clone() {
+            sink ^= self.table.touch(slot_hash(fp.lo));
+        }
+        for fp in fps {
+            if let Some(pos) = self.table.first_candidate(slot_hash(fp.lo)) {
+                sink ^= self.ring.get(pos).last_counted.as_millis();
+            }
+        }
+        std::hint::black_box(sink);
     }
 
     /// Pops every front entry whose `L + retention` is at or before `now`.
+    ///
+    /// Expired entries are taken in rounds: their slot lines are loaded
+    /// together first (the keys are unrelated, so the loads overlap), then
+    /// the entries are popped and their slots removed from warm caches.
     fn expire(&mut self, now: Timestamp, retention_ms: u64) {
+        const ROUND: u32 = 64;
         let Some(cutoff) = now.as_millis().checked_sub(retention_ms) else {
             return;
         };
+        let expired = |e: &Entry| e.last_counted.as_millis() <= cutoff;
         let mut popped = false;
-        while let Some((pos, entry)) = self.ring.front() {
-            if entry.last_counted.as_millis() > cutoff {
+        loop {
+            let mut n = 0;
+            let mut sink = 0u64;
+            while n < ROUND {
+                match self.ring.nth(n) {
+                    Some((_, e)) if expired(&e) => {
+                        sink ^= self.table.touch(slot_hash(e.fp.lo));
+                        n += 1;
+                    }
+                    _ => break,
+                }
+            }
+            std::hint::black_box(sink);
+            if n == 0 {
                 break;
             }
-            self.ring.pop_front();
+            for _ in 0..n {
+                let Some((pos, entry)) = self.ring.front() else {
+                    break;
+                };
+                self.ring.pop_front();
+                // Only remove the key if this entry is still its current
+                // one; otherwise it was counted again since and is stale.
+                if let Some(slot) = self.table.find_exact(slot_hash(entry.fp.lo), pos) {
+                    self.table.remove_at(slot);
+                }
+            }
             popped = true;
-            // Only remove the key if this entry is still its current one;
-            // otherwise it was counted again since and this entry is stale.
-            if let Ok(slot) = self.table.find_entry(entry.fp.lo, |&p| p == pos) {
-                slot.remove();
+            if n < ROUND {
+                break;
             }
         }
         if popped {
-            self.shrink_if_sparse();
-        }
-    }
-
-    /// Gives memory back after a traffic peak has expired. The hysteresis
-    /// (shrink below a quarter, to half) keeps this rare: each shrink is paid
-    /// for by the many removals before it.
-    fn shrink_if_sparse(&mut self) {
-        const MIN_CAPACITY: usize = 4096;
-        let cap = self.table.capacity();
-        if cap > MIN_CAPACITY && self.table.len() < cap / 4 {
-            let ring = &self.ring;
-            self.table
-                .shrink_to(self.table.len() * 2, |&p| ring.get(p).fp.lo);
-        }
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct Entry {
-    fp: Fingerprint,
-    last_counted: Timestamp,
-}
-
-const CHUNK_BITS: u32 = 10;
-const CHUNK_LEN: usize = 1 << CHUNK_BITS;
-const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
-/// Chunk numbers live in the top `32 - CHUNK_BITS` bits of a position.
-const CHUNK_NUMBER_MASK: u32 = u32::MAX >> CHUNK_BITS;
-
-/// A FIFO of entries addressed by 32-bit positions that only grow (wrapping).
-///
-/// Entries live in fixed chunks so the ring grows and shrinks a chunk at a
-/// time: no reallocation that would copy every entry and double the memory
-/// for a moment, as a `Vec` or `VecDeque` would. Positions wrap at 2³², which
-/// is safe because far fewer entries are ever live in one shard.
-///
-/// Invariant: `chunks` holds exactly the chunks from the one containing
-/// `head` to the one containing `tail - 1`, plus the one containing `tail`
-/// if `tail` is not at a chunk boundary.
-#[derive(Default)]
-struct Ring {
-    chunks: VecDeque<Box<[Entry]>>,
-    /// Position of the oldest entry.
-    head: u32,
-    /// Position the next entry gets.
-    tail: u32,
-    /// One emptied chunk kept back, so a ring that hovers around a chunk
-    /// boundary does not allocate and free on every crossing.
-    spare: Option<Box<[Entry]>>,
-}
-
-impl Ring {
-    fn chunk_index(&self, pos: u32) -> usize {
-        ((pos >> CHUNK_BITS).wrapping_sub(self.head >> CHUNK_BITS) & CHUNK_NUMBER_MASK) as usize
-    }
-
-    fn get(&self, pos: u32) -> &Entry {
-        &self.chunks[self.chunk_index(pos)][(pos & CHUNK_MASK) as usize]
-    }
-
-    fn push(&mut self, entry: Entry) -> u32 {
-        if self.tail & CHUNK_MASK == 0 {
-            let chunk = self
-                .spare
-                .take()
-                .unwrap_or_else(|| vec![Entry::default(); CHUNK_LEN].into_boxed_slice());
-            self.chunks.push_back(chunk);
-        }
-        let pos = self.tail;
-        let back = self.chunks.len() - 1;
-        self.chunks[back][(pos & CHUNK_MASK) as usize] = entry;
-        self.tail = pos.wrapping_add(1);
-        pos
-    }
-
-    fn front(&self) -> Option<(u32, Entry)> {
-        (self.head != self.tail).then(|| (self.head, *self.get(self.head)))
-    }
-
-    fn pop_front(&mut self) {
-        debug_assert_ne!(self.head, self.tail);
-        self.head = self.head.wrapping_add(1);
-        if self.head & CHUNK_MASK == 0 {
-            self.spare = self.chunks.pop_front();
+            self.table.shrink_if_sparse();
         }
     }
 }

@@ -1,0 +1,87 @@
+//! The FIFO of one shard: entries in insertion order, which is expiry order.
+
+use std::collections::VecDeque;
+
+use super::Fingerprint;
+use crate::time::Timestamp;
+
+/// A key's fingerprint and latest counted time, as stored in the ring.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Entry {
+    pub(super) fp: Fingerprint,
+    pub(super) last_counted: Timestamp,
+}
+
+const CHUNK_BITS: u32 = 10;
+const CHUNK_LEN: usize = 1 << CHUNK_BITS;
+const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
+/// Chunk numbers live in the top `32 - CHUNK_BITS` bits of a position.
+const CHUNK_NUMBER_MASK: u32 = u32::MAX >> CHUNK_BITS;
+
+/// A FIFO of entries addressed by 32-bit positions that only grow (wrapping).
+///
+/// Entries live in fixed chunks so the ring grows and shrinks a chunk at a
+/// time: no reallocation that would copy every entry and double the memory
+/// for a moment, as a `Vec` or `VecDeque` would. Positions wrap at 2³², which
+/// is safe because far fewer entries are ever live in one shard.
+///
+/// Invariant: `chunks` holds exactly the chunks from the one containing
+/// `head` to the one containing `tail - 1`, plus the one containing `tail`
+/// if `tail` is not at a chunk boundary.
+#[derive(Default)]
+pub(super) struct Ring {
+    chunks: VecDeque<Box<[Entry]>>,
+    /// Position of the oldest entry.
+    head: u32,
+    /// Position the next entry gets.
+    tail: u32,
+    /// One emptied chunk kept back, so a ring that hovers around a chunk
+    /// boundary does not allocate and free on every crossing.
+    spare: Option<Box<[Entry]>>,
+}
+
+impl Ring {
+    fn chunk_index(&self, pos: u32) -> usize {
+        ((pos >> CHUNK_BITS).wrapping_sub(self.head >> CHUNK_BITS) & CHUNK_NUMBER_MASK) as usize
+    }
+
+    pub(super) fn get(&self, pos: u32) -> &Entry {
+        &self.chunks[self.chunk_index(pos)][(pos & CHUNK_MASK) as usize]
+    }
+
+    pub(super) fn push(&mut self, entry: Entry) -> u32 {
+        if self.tail & CHUNK_MASK == 0 {
+            let chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| vec![Entry::default(); CHUNK_LEN].into_boxed_slice());
+            self.chunks.push_back(chunk);
+        }
+        let pos = self.tail;
+        let back = self.chunks.len() - 1;
+        self.chunks[back][(pos & CHUNK_MASK) as usize] = entry;
+        self.tail = pos.wrapping_add(1);
+        pos
+    }
+
+    pub(super) fn front(&self) -> Option<(u32, Entry)> {
+        self.nth(0)
+    }
+
+    /// The `n`-th entry from the front, with its position.
+    pub(super) fn nth(&self, n: u32) -> Option<(u32, Entry)> {
+        let len = self.tail.wrapping_sub(self.head);
+        (n < len).then(|| {
+            let pos = self.head.wrapping_add(n);
+            (pos, *self.get(pos))
+        })
+    }
+
+    pub(super) fn pop_front(&mut self) {
+        debug_assert_ne!(self.head, self.tail);
+        self.head = self.head.wrapping_add(1);
+        if self.head & CHUNK_MASK == 0 {
+            self.spare = self.chunks.pop_front();
+        }
+    }
+}
