@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sustained ingest with a short TTL: memory must stay flat (expired keys
+# really freed). One command:
+#
+#   scripts/soak.sh              # 10 minutes at 200,000 new keys per second
+#   SOAK=2m RATE=100000 scripts/soak.sh
+#
+# Starts the server (embedded store, TTL=2s), drives it with loadgen in open
+# loop (batches of 1,000, almost every key new), and samples the server's
+# resident memory and live dedup keys every 10 s. Prints the samples and the
+# growth of RSS from the end of the first minute (warm-up) to the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SOAK=${SOAK:-10m}
+RATE=${RATE:-200000}
+OUT=target/bench
+mkdir -p "$OUT"
+cargo build --release -q -p impression-counter -p loadgen
+BIN=target/release
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+STORAGE=memory TTL=2s MAX_EVENT_AGE=0s IMPRESSIONS_QUEUE_SIZE=100000 RUST_LOG=warn \
+  SERVER_PORT="$PORT" BIND_ADDR=127.0.0.1 "$BIN/impression-counter" >"$OUT/soak-server.log" 2>&1 &
+SERVER_PID=$!
+trap 'kill -TERM $SERVER_PID 2>/dev/null || true; kill $LOAD_PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+
+"$BIN/loadgen" --url "http://127.0.0.1:$PORT" --mode batch --batch-size 1000 --connections 4 \
+  --rate "$RATE" --users 4000000000 --duration "$SOAK" --quiet --no-verify \
+  --json "$OUT/soak-load.json" >/dev/null &
+LOAD_PID=$!
+
+echo "elapsed_s rss_mib live_dedup_keys" | tee "$OUT/soak.txt"
+start=$(date +%s)
+while kill -0 "$LOAD_PID" 2>/dev/null; do
+  sleep 10
+  rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
+  keys=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^dedup_live_keys / {print $2}')
+  echo "$(( $(date +%s) - start )) $(( rss_kib / 1024 )) ${keys:-?}" | tee -a "$OUT/soak.txt"
+done
+wait "$LOAD_PID" || true
+
+python3 - "$OUT" <<'EOF'
+import json, sys
+out = sys.argv[1]
+rows = [l.split() for l in open(f"{out}/soak.txt").read().splitlines()[1:] if l.strip()]
+rows = [(int(t), int(r)) for t, r, *_ in rows]
+warm = [r for t, r in rows if t >= 60]
+load = json.load(open(f"{out}/soak-load.json"))
+print(f"ingest: {load['throughput']['impressions_per_s']:,.0f} impressions/s for {load['elapsed_s']:.0f} s")
+if warm:
+    print(f"RSS after warm-up: first {warm[0]} MiB, max {max(warm)} MiB, last {warm[-1]} MiB "
+          f"({(warm[-1] - warm[0]) / warm[0] * 100:+.1f}% from the first warm sample)")
+EOF
