@@ -30,7 +30,8 @@ pub async fn header_size(State(max): State<usize>, request: Request, next: Next)
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum::<usize>()
-        + request.uri().to_string().len();
+        + request.uri().path().len()
+        + request.uri().query().map_or(0, str::len);
     if size > max {
         return ApiError::HeadersTooLarge(format!(
             "the request line and headers take {size} bytes; at most {max} are accepted (MAX_HEADER_BYTES)"

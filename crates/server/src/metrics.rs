@@ -67,9 +67,53 @@ struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
+}
+
+/// Every route template, so a request's label is a static string: no
+/// allocation per request, and no label from a client-chosen path.
+const ROUTES: &[&str] = &[
+    "/api/v1/impressions",
+    "/api/v1/impressions/batch",
+    "/api/v1/impressions/pixel.gif",
+    "/api/v1/campaigns",
+    "/api/v1/campaigns/{id}",
+    "/api/v1/campaigns/{id}/stats",
+    "/api/v1/campaigns/{id}/timeseries",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/docs/",
+    "/docs/{*rest}",
+];
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()))
+        .copied()
+        .unwrap_or(if matched.is_some() {
+            "other"
+        } else {
+            "unmatched"
+        })
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -227,11 +271,17 @@ impl Metrics {
         out
     }
 
-    fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn observe_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route,
                 status,
             })
             .observe(seconds);
@@ -249,15 +299,12 @@ pub async fn record_request(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+    let method = method_label(request.method());
+    let route = route_label(request.extensions().get::<MatchedPath>());
     let response = next.run(request).await;
     metrics.observe_request(
-        method.as_str(),
-        route.as_deref().unwrap_or("unmatched"),
+        method,
+        route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
