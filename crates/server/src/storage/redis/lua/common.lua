@@ -41,25 +41,73 @@ local function window_ctx(now_ms, slack_s, history_hours, max_ads)
   }
 end
 
--- Increments gathered per (key, field) and written once at the end: a
--- chunk of a thousand impressions in one second is a handful of HINCRBYs.
+-- Counted impressions gathered per (campaign, counter, second) and written
+-- at the end, once per (key, field): a chunk of a thousand impressions in
+-- one second is a handful of HINCRBYs, and the per-impression work is one
+-- table increment.
 local function new_tally()
-  return { inc = {}, ttl = {}, maxh = {} }
+  return { seconds = {}, inc = {}, ttl = {}, maxh = {} }
 end
 
-local function tally_add(tally, key, field, ttl_s)
+local function tally_add(tally, key, field, n, ttl_s)
   local fields = tally.inc[key]
   if not fields then
     fields = {}
     tally.inc[key] = fields
   end
-  fields[field] = (fields[field] or 0) + 1
+  fields[field] = (fields[field] or 0) + n
   if ttl_s and (not tally.ttl[key] or ttl_s > tally.ttl[key]) then
     tally.ttl[key] = ttl_s
   end
 end
 
-local function tally_flush(tally)
+-- WindowCounter::record, n times, for counter k of the campaign at base.
+local function record(tally, base, k, sec, n, ctx)
+  local minute = floor(sec / 60)
+  local hour = floor(sec / 3600)
+  local prefix = base .. ':' .. k
+  -- Minute buckets cover the last 1,440 minutes and the current one.
+  if minute + 1440 >= ctx.now_min then
+    tally_add(tally, prefix .. ':m:' .. int(minute), int(sec % 60), n,
+      (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+    tally_add(tally, prefix .. ':h:' .. int(hour), int(minute % 60), n,
+      (hour * 60 + 60 + 1440) * 60 - ctx.now_sec + ctx.slack)
+  end
+  -- Hour buckets cover the retained history.
+  if hour + ctx.history > ctx.now_hour then
+    local day = floor(hour / 24)
+    tally_add(tally, prefix .. ':d:' .. int(day), int(hour % 24), n,
+      (day * 24 + 24 + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
+    if not tally.maxh[base] or hour > tally.maxh[base] then
+      tally.maxh[base] = hour
+    end
+  end
+  tally_add(tally, base .. ':tot', k, n, nil)
+end
+
+-- Counts one impression for counter k at second sec (recorded at the flush).
+local function tally_count(tally, base, k, sec)
+  local per_base = tally.seconds[base]
+  if not per_base then
+    per_base = {}
+    tally.seconds[base] = per_base
+  end
+  local per_k = per_base[k]
+  if not per_k then
+    per_k = {}
+    per_base[k] = per_k
+  end
+  per_k[sec] = (per_k[sec] or 0) + 1
+end
+
+local function tally_flush(tally, ctx)
+  for base, per_base in pairs(tally.seconds) do
+    for k, per_k in pairs(per_base) do
+      for sec, n in pairs(per_k) do
+        record(tally, base, k, sec, n, ctx)
+      end
+    end
+  end
   for key, fields in pairs(tally.inc) do
     for field, n in pairs(fields) do
       redis.call('HINCRBY', key, field, n)
@@ -76,30 +124,6 @@ local function tally_flush(tally)
       redis.call('HSET', base .. ':tot', 'mh', int(hour))
     end
   end
-end
-
--- WindowCounter::record for counter k of the campaign at base.
-local function record(tally, base, k, sec, ctx)
-  local minute = floor(sec / 60)
-  local hour = floor(sec / 3600)
-  local prefix = base .. ':' .. k
-  -- Minute buckets cover the last 1,440 minutes and the current one.
-  if minute + 1440 >= ctx.now_min then
-    tally_add(tally, prefix .. ':m:' .. int(minute), int(sec % 60),
-      (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
-    tally_add(tally, prefix .. ':h:' .. int(hour), int(minute % 60),
-      (hour * 60 + 60 + 1440) * 60 - ctx.now_sec + ctx.slack)
-  end
-  -- Hour buckets cover the retained history.
-  if hour + ctx.history > ctx.now_hour then
-    local day = floor(hour / 24)
-    tally_add(tally, prefix .. ':d:' .. int(day), int(hour % 24),
-      (day * 24 + 24 + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
-    if not tally.maxh[base] or hour > tally.maxh[base] then
-      tally.maxh[base] = hour
-    end
-  end
-  tally_add(tally, base .. ':tot', k, nil)
 end
 
 -- The counter of an ad: its own while fewer than max_ads ads have one,
@@ -133,8 +157,8 @@ end
 -- Counts one impression (already decided to count) at t_ms.
 local function count(tally, base, ad, t_ms, ctx, memo)
   local sec = floor(t_ms / 1000)
-  record(tally, base, 'a', sec, ctx)
-  record(tally, base, counter_of(base, ad, ctx, memo), sec, ctx)
+  tally_count(tally, base, 'a', sec)
+  tally_count(tally, base, counter_of(base, ad, ctx, memo), sec)
 end
 
 -- DedupRule::decide for n impressions whose dedup keys are keys[from ..

@@ -35,7 +35,7 @@ for i = 0, tonumber(ARGV[8]) - 1 do
     end
   end
 end
-tally_flush(tally)
+tally_flush(tally, ctx)
 if ARGV[7] == '*' then
   mark = '*'
 elseif #added > 0 then

@@ -26,5 +26,5 @@ for i = 1, n do
     out[i] = '0'
   end
 end
-tally_flush(tally)
+tally_flush(tally, ctx)
 return table.concat(out)
