@@ -480,6 +480,24 @@ impl Engine {
         true
     }
 
+    /// Live dedup keys as of the last completed operation: one atomic read,
+    /// cheap enough to check on every request.
+    pub fn live_dedup_keys_estimate(&self) -> usize {
+        self.dedup.len_estimate()
+    }
+
+    /// Whether the impression's key is live at `now`: tracking it would not
+    /// add a key.
+    pub fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
+        let fp = Fingerprint::of(
+            &impression.campaign_id,
+            &impression.ad_id,
+            &impression.user_id,
+            self.config.scope,
+        );
+        self.dedup.contains(fp, now)
+    }
+
     /// Number of live dedup keys.
     pub fn live_dedup_keys(&self) -> usize {
         self.dedup.len()

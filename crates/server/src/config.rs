@@ -213,6 +213,12 @@ pub struct Config {
     )]
     pub max_campaigns: u64,
 
+    /// Most live duplicate-detection keys (embedded and disk stores); at the
+    /// limit, impressions that would add a key are refused with 503 rather
+    /// than let memory grow until the process is killed. Unset: unlimited.
+    #[arg(long, env = "MAX_DEDUP_KEYS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_dedup_keys: Option<u64>,
+
     /// Most open client connections; beyond it a connection gets one 503
     /// answer and is closed.
     #[arg(

@@ -51,6 +51,7 @@
 mod ring;
 mod table;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -187,6 +188,9 @@ pub struct DedupIndex {
     retention_ms: u64,
     shard_shift: u32,
     shards: Box<[CacheAligned<Mutex<Shard>>]>,
+    /// Live keys, updated once per locked operation (not per key), so it
+    /// can be read on every request without touching the shards.
+    live: CacheAligned<AtomicUsize>,
 }
 
 /// Keeps each shard's lock on its own cache lines, so two cores working on
@@ -211,6 +215,7 @@ impl DedupIndex {
             shards: (0..shards)
                 .map(|_| CacheAligned(Mutex::new(Shard::default())))
                 .collect(),
+            live: CacheAligned(AtomicUsize::new(0)),
         }
     }
 
@@ -231,10 +236,31 @@ impl DedupIndex {
 
     /// Locks one shard, to decide a run of impressions under one lock.
     pub fn lock_shard(&self, shard: usize) -> ShardGuard<'_> {
+        let shard = self.shards[shard].0.lock();
+        let len_before = shard.table.len();
         ShardGuard {
-            shard: self.shards[shard].0.lock(),
+            shard,
             index: self,
+            len_before,
         }
+    }
+
+    /// Live keys as of the last completed operation: cheap (one atomic
+    /// read), exact once no operation is in progress.
+    pub fn len_estimate(&self) -> usize {
+        self.live.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether `fp` is a live key at `now`.
+    pub fn contains(&self, fp: Fingerprint, now: Timestamp) -> bool {
+        let mut shard = self.lock_shard(self.shard_of(fp));
+        shard.shard.expire(now, self.retention_ms);
+        let ring = &shard.shard.ring;
+        shard
+            .shard
+            .table
+            .find(slot_hash(fp.lo), |pos| ring.get(pos).fp == fp)
+            .is_some()
     }
 
     /// Decides one impression at `t` (checked at `now`) and records it if
@@ -246,8 +272,8 @@ impl DedupIndex {
     /// Drops every entry expired at `now`, in every shard. Operations expire
     /// their own shard as they go; this reclaims memory of idle shards.
     pub fn expire(&self, now: Timestamp) {
-        for shard in self.shards.iter() {
-            shard.0.lock().expire(now, self.retention_ms);
+        for shard in 0..self.shards.len() {
+            self.lock_shard(shard).shard.expire(now, self.retention_ms);
         }
     }
 
@@ -270,9 +296,9 @@ impl DedupIndex {
         if last.as_millis().saturating_add(self.retention_ms) <= now.as_millis() {
             return;
         }
-        let mut shard = self.shards[self.shard_of(fp)].0.lock();
-        shard.expire(now, self.retention_ms);
-        shard.restore(fp, last);
+        let mut shard = self.lock_shard(self.shard_of(fp));
+        shard.shard.expire(now, self.retention_ms);
+        shard.shard.restore(fp, last);
     }
 
     /// Number of live keys (keys whose entry has not expired yet).
@@ -290,6 +316,25 @@ impl DedupIndex {
 pub struct ShardGuard<'a> {
     shard: MutexGuard<'a, Shard>,
     index: &'a DedupIndex,
+    len_before: usize,
+}
+
+impl Drop for ShardGuard<'_> {
+    /// Publishes the change in live keys once, as the lock is released.
+    fn drop(&mut self) {
+        let len = self.shard.table.len();
+        if len > self.len_before {
+            self.index
+                .live
+                .0
+                .fetch_add(len - self.len_before, Ordering::Relaxed);
+        } else if len < self.len_before {
+            self.index
+                .live
+                .0
+                .fetch_sub(self.len_before - len, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ShardGuard<'_> {
@@ -620,6 +665,22 @@ mod tests {
         assert_eq!(seen, vec![(fp(1), ts(9_000_000))]);
         assert!(!counted(index.check(fp(1), ts(9_000_000 + 3_599_999), now)));
         assert!(counted(index.check(fp(1), ts(9_000_000 + 3_600_000), now)));
+    }
+
+    #[test]
+    fn the_live_estimate_follows_inserts_and_expiry_and_contains_agrees() {
+        let index = DedupIndex::new(Duration::from_millis(100), Duration::ZERO, 8);
+        let run: Vec<(Fingerprint, Timestamp)> = (0..1000).map(|k| (fp(k), ts(0))).collect();
+        for &(f, t) in &run {
+            index.check(f, t, ts(0));
+        }
+        assert_eq!(index.len_estimate(), 1000);
+        assert_eq!(index.len_estimate(), index.len());
+        assert!(index.contains(fp(5), ts(50)));
+        assert!(!index.contains(fp(5_000), ts(50)));
+        index.expire(ts(100));
+        assert_eq!(index.len_estimate(), 0);
+        assert!(!index.contains(fp(5), ts(100)));
     }
 
     #[test]

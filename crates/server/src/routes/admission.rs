@@ -29,6 +29,23 @@ pub enum EventTime<'a> {
     RfcOrUnixMillis(&'a str),
 }
 
+impl EventTime<'_> {
+    /// The time the text gives, not yet checked against the accepted range.
+    pub fn parse(self) -> Result<Timestamp, ApiError> {
+        match self {
+            EventTime::Rfc3339(text) => parse_rfc3339("timestamp", text),
+            EventTime::RfcOrUnixMillis(text) => match text.parse::<u64>() {
+                Ok(ms) => Ok(Timestamp::from_millis(ms)),
+                Err(_) => parse_rfc3339("ts", text).map_err(|_| {
+                    ApiError::BadRequest(
+                        "ts must be Unix milliseconds or an RFC 3339 timestamp".into(),
+                    )
+                }),
+            },
+        }
+    }
+}
+
 /// Admits the impressions of one request. Campaign lookups are cached for
 /// the request, so a batch of 10,000 for one campaign looks it up once.
 pub struct Admission<'a> {
@@ -75,12 +92,35 @@ impl<'a> Admission<'a> {
         if !campaign.has_started(timestamp) {
             return Err(not_started(&campaign));
         }
-        Ok(Impression {
+        let impression = Impression {
             campaign_id,
             ad_id,
             user_id,
             timestamp,
-        })
+        };
+        self.check_key_capacity(&impression)?;
+        Ok(impression)
+    }
+
+    /// With `MAX_DEDUP_KEYS` reached, an impression that would add a key is
+    /// refused (503) here, before it is acknowledged; one whose key is live
+    /// adds nothing and goes through. Queued impressions can add at most
+    /// `IMPRESSIONS_QUEUE_SIZE` keys past the limit, so memory stays bounded
+    /// and nothing accepted is ever dropped.
+    fn check_key_capacity(&self, impression: &Impression) -> Result<(), ApiError> {
+        let Some(max) = self.app.settings.max_dedup_keys else {
+            return Ok(());
+        };
+        let Some(live) = self.app.store.live_keys_estimate() else {
+            return Ok(());
+        };
+        if live < max || self.app.store.is_live_key(impression, self.received_at) {
+            return Ok(());
+        }
+        Err(ApiError::Unavailable(format!(
+            "the duplicate-detection index holds {live} keys, its limit (MAX_DEDUP_KEYS); \
+             impressions of new users are refused until keys expire"
+        )))
     }
 
     async fn campaign(&mut self, id: CampaignId) -> Result<Arc<Campaign>, ApiError> {
@@ -96,17 +136,7 @@ impl<'a> Admission<'a> {
     }
 
     fn event_time(&self, t: EventTime<'_>) -> Result<Timestamp, ApiError> {
-        let t = match t {
-            EventTime::Rfc3339(text) => parse_rfc3339("timestamp", text)?,
-            EventTime::RfcOrUnixMillis(text) => match text.parse::<u64>() {
-                Ok(ms) => Timestamp::from_millis(ms),
-                Err(_) => parse_rfc3339("ts", text).map_err(|_| {
-                    ApiError::BadRequest(
-                        "ts must be Unix milliseconds or an RFC 3339 timestamp".into(),
-                    )
-                })?,
-            },
-        };
+        let t = t.parse()?;
         let settings = &self.app.settings;
         let earliest = self.received_at.saturating_sub(settings.max_event_age);
         let latest = self.received_at.saturating_add(settings.max_clock_skew);

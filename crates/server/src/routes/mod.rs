@@ -63,6 +63,8 @@ pub struct ApiSettings {
     pub max_id_bytes: usize,
     /// Most campaigns held.
     pub max_campaigns: u64,
+    /// Most live dedup keys, if limited.
+    pub max_dedup_keys: Option<u64>,
     /// Largest request body (other than batches), in bytes.
     pub max_body_bytes: usize,
     /// Largest total header size, in bytes.
@@ -86,6 +88,7 @@ impl From<&Config> for ApiSettings {
             history: Duration::from_secs(c.engine().history_hours * 3600),
             max_id_bytes: usize::from(c.max_id_bytes),
             max_campaigns: c.max_campaigns,
+            max_dedup_keys: c.max_dedup_keys,
             max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
             max_header_bytes: usize::try_from(c.max_header_bytes).unwrap_or(usize::MAX),
             max_in_flight: c.max_in_flight as usize,

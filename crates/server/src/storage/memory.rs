@@ -94,6 +94,14 @@ impl Store for MemoryStore {
         false
     }
 
+    fn live_keys_estimate(&self) -> Option<u64> {
+        Some(self.engine.live_dedup_keys_estimate() as u64)
+    }
+
+    fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
+        self.engine.is_live_key(impression, now)
+    }
+
     fn gauges(&self) -> StoreGauges {
         StoreGauges {
             live_dedup_keys: self.engine.live_dedup_keys() as u64,

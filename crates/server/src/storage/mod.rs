@@ -114,6 +114,19 @@ pub trait Store: Send + Sync + 'static {
     /// Sizes for the metrics endpoint.
     fn gauges(&self) -> StoreGauges;
 
+    /// Live dedup keys, if this backend keeps them and can tell cheaply
+    /// (read on every request when `MAX_DEDUP_KEYS` is set).
+    fn live_keys_estimate(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether tracking `impression` at `now` would find its key live (and
+    /// so add no key).
+    fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
+        let _ = (impression, now);
+        false
+    }
+
     /// Flushes and releases everything; called once, after the last batch was
     /// applied at shutdown.
     async fn close(&self) -> Result<(), StoreError> {

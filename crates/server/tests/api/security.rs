@@ -356,3 +356,34 @@ async fn campaign_count_and_id_lengths_are_bounded() {
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn new_keys_beyond_max_dedup_keys_are_refused_until_keys_expire() {
+    let app = spawn_app_with(&[
+        "--max-dedup-keys",
+        "3",
+        "--ttl",
+        "1s",
+        "--max-event-age",
+        "0s",
+    ])
+    .await;
+    let c = app.create_campaign("c").await;
+    for user in ["a", "b", "c"] {
+        assert_eq!(app.track_and_wait(&c, user, "ad").await, "counted");
+    }
+    let refused = app.track(&c, "d", "ad").await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let message = assert_error(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(message.contains("MAX_DEDUP_KEYS"), "{message}");
+    // A live key adds nothing: still accepted.
+    assert_eq!(app.track_and_wait(&c, "a", "ad").await, "duplicate");
+    // Once the keys expire (TTL + 30 s of queueing grace), new users are
+    // accepted again; housekeeping runs about once a second.
+    app.clock.advance(Duration::from_secs(32));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.track(&c, "d", "ad").await.status() != StatusCode::ACCEPTED {
+        assert!(tokio::time::Instant::now() < deadline, "keys never expired");
+        tokio::task::yield_now().await;
+    }
+}

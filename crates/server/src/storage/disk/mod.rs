@@ -39,9 +39,9 @@
 //! warning; damage anywhere else stops the start with the file and offset.
 //! A second process on the same directory is refused by a lock file.
 
-mod frame;
+pub(crate) mod frame;
 mod layout;
-mod record;
+pub(crate) mod record;
 mod snapshot;
 mod sync;
 
@@ -610,6 +610,14 @@ impl Store for DiskStore {
 
     fn acknowledges_after_apply(&self) -> bool {
         true
+    }
+
+    fn live_keys_estimate(&self) -> Option<u64> {
+        Some(self.engine.live_dedup_keys_estimate() as u64)
+    }
+
+    fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
+        self.engine.is_live_key(impression, now)
     }
 
     fn gauges(&self) -> StoreGauges {
