@@ -46,7 +46,7 @@ end
 -- one second is a handful of HINCRBYs, and the per-impression work is one
 -- table increment.
 local function new_tally()
-  return { seconds = {}, inc = {}, ttl = {}, maxh = {} }
+  return { seconds = {}, inc = {}, ttl = {}, maxh = {}, hour_keys = {} }
 end
 
 local function tally_add(tally, key, field, n, ttl_s)
@@ -76,8 +76,10 @@ local function record(tally, base, k, sec, n, ctx)
   -- Hour buckets cover the retained history.
   if hour + ctx.history > ctx.now_hour then
     local day = floor(hour / 24)
-    tally_add(tally, prefix .. ':d:' .. int(day), int(hour % 24), n,
+    local key = prefix .. ':d:' .. int(day)
+    tally_add(tally, key, int(hour % 24), n,
       (day * 24 + 24 + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
+    tally.hour_keys[key] = base
     if not tally.maxh[base] or hour > tally.maxh[base] then
       tally.maxh[base] = hour
     end
@@ -108,17 +110,29 @@ local function tally_flush(tally, ctx)
       end
     end
   end
+  local new_hours = {}
   for key, fields in pairs(tally.inc) do
+    -- A bucket key's expiry depends on the key alone, so it is set when
+    -- one of its fields is created (which includes the key's creation),
+    -- not on every write.
+    local created = false
     for field, n in pairs(fields) do
-      redis.call('HINCRBY', key, field, n)
+      if redis.call('HINCRBY', key, field, n) == n then
+        created = true
+      end
     end
     local ttl = tally.ttl[key]
-    if ttl then
+    if ttl and created then
       if ttl < 1 then ttl = 1 end
       redis.call('EXPIRE', key, int(ttl))
     end
+    if created and tally.hour_keys[key] then
+      new_hours[tally.hour_keys[key]] = true
+    end
   end
-  for base, hour in pairs(tally.maxh) do
+  -- The highest hour can only grow when an hour bucket gets a new field.
+  for base, _ in pairs(new_hours) do
+    local hour = tally.maxh[base]
     local current = tonumber(redis.call('HGET', base .. ':tot', 'mh'))
     if not current or hour > current then
       redis.call('HSET', base .. ':tot', 'mh', int(hour))
