@@ -22,6 +22,7 @@ mod redis_faults;
 mod redis_journal;
 mod redis_nodes;
 mod redis_servers;
+mod redis_store;
 mod security;
 mod shutdown;
 mod stats;

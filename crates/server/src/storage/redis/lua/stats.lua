@@ -84,21 +84,23 @@ for i = 1, #ads, 2 do
   names[#names + 1] = ads[i]
   counters[#counters + 1] = ads[i + 1]
 end
-local fields = { 'x', 'mh' }
-for j = 1, #counters do
-  fields[#fields + 1] = counters[j]
+-- HGETALL, not HMGET: up to MAX_ADS_PER_CAMPAIGN fields would exceed
+-- what Lua's unpack can pass.
+local all = redis.call('HGETALL', KEYS[1])
+local tot = {}
+for i = 1, #all, 2 do
+  tot[all[i]] = all[i + 1]
 end
-local tot = redis.call('HMGET', KEYS[1], unpack(fields))
-local maxh = tonumber(tot[2])
+local maxh = tonumber(tot['mh'])
 local hour = since(counters, hour_lo, maxh)
 local day = since(counters, day_lo, maxh)
-local out = { tot[1] and 1 or 0, #names }
+local out = { tot['x'] and 1 or 0, #names }
 for j = 1, #counters do
   if j > 2 then
     out[#out + 1] = names[j - 2]
   end
   out[#out + 1] = hour[j]
   out[#out + 1] = day[j]
-  out[#out + 1] = tonumber(tot[2 + j]) or 0
+  out[#out + 1] = tonumber(tot[counters[j]]) or 0
 end
 return out
