@@ -15,7 +15,8 @@
 //! * [`storage`]: the batch-shaped backend seam; [`storage::memory`] is the
 //!   embedded engine.
 //! * [`auth`]: API keys for the management endpoints.
-//! * [`limits`]: header size, in-flight shedding and body deadlines.
+//! * [`edge`]: the one middleware for limits, CORS and request metrics.
+//! * [`limits`]: the deadline on reading request bodies.
 //! * [`server`]: the accept loop, connection limits and graceful shutdown.
 //! * [`metrics`]: Prometheus counters, gauges and latency histograms.
 //! * [`openapi`]: the generated OpenAPI spec and the offline docs page.
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod ingest;
 pub mod limits;

@@ -16,12 +16,7 @@
 //! * `http_request_duration_seconds{method,route,status}`: latency histogram,
 //!   labelled by route template (never by raw path, to bound cardinality).
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::MatchedPath;
 use impression_core::TrackOutcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -91,7 +86,9 @@ const ROUTES: &[&str] = &[
     "/docs/{*rest}",
 ];
 
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+/// The route label of a request: its template, `other` for a template not
+/// listed, `unmatched` when no route matched.
+pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     matched
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()))
         .copied()
@@ -102,7 +99,8 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         })
 }
 
-fn method_label(method: &axum::http::Method) -> &'static str {
+/// The method label of a request (non-standard methods share `OTHER`).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *method {
         Method::GET => "GET",
@@ -271,7 +269,8 @@ impl Metrics {
         out
     }
 
-    fn observe_request(
+    /// One request finished with `status` after `seconds`.
+    pub fn observe_request(
         &self,
         method: &'static str,
         route: &'static str,
@@ -290,23 +289,4 @@ impl Metrics {
 
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Middleware recording every request's latency under its route template.
-pub async fn record_request(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = route_label(request.extensions().get::<MatchedPath>());
-    let response = next.run(request).await;
-    metrics.observe_request(
-        method,
-        route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
 }

@@ -29,18 +29,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, Uri, header};
+use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
-use tokio::sync::Semaphore;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{self, ApiKeys};
 use crate::config::Config;
+use crate::edge::{self, Edge};
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
-use crate::limits;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::openapi;
 use crate::storage::Store;
 
@@ -167,9 +165,8 @@ impl Deref for AppState {
 /// configured), and **operations** (health, readiness and docs always open,
 /// metrics behind the API key; never shed, so load balancers and Prometheus
 /// can still probe an overloaded node).
-/// Tracking and management requests are shed beyond `MAX_IN_FLIGHT` and must
-/// send their body within `BODY_READ_TIMEOUT`; every request's headers are
-/// bounded by `MAX_HEADER_BYTES`.
+/// Limits, CORS and request metrics are applied to every request by one
+/// middleware, [`crate::edge`].
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let tracking = Router::new()
@@ -178,11 +175,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/impressions/batch",
             post(batch::track_batch).layer(DefaultBodyLimit::max(settings.batch_max_bytes)),
         )
-        .route("/api/v1/impressions/pixel.gif", get(pixel::track_pixel))
-        // Set before the CORS layer so the layer also wraps it: a preflight
-        // (OPTIONS) must reach CORS instead of being answered 405 first.
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(cors(&settings.cors_allowed_origins));
+        .route("/api/v1/impressions/pixel.gif", get(pixel::track_pixel));
 
     let management = Router::new()
         .route(
@@ -200,17 +193,7 @@ pub fn router(state: AppState) -> Router {
             auth::require_key,
         ));
 
-    let api = tracking
-        .merge(management)
-        .layer(axum::middleware::from_fn_with_state(
-            settings.body_read_timeout,
-            limits::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(Semaphore::new(settings.max_in_flight)),
-            limits::shed_load,
-        ))
-        .with_state(state.clone());
+    let api = tracking.merge(management).with_state(state.clone());
 
     let metrics_route = Router::new()
         .route("/metrics", get(health::metrics))
@@ -232,33 +215,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            state.settings.max_header_bytes,
-            limits::header_size,
+            Arc::new(Edge::new(&state.settings, Arc::clone(&state.metrics))),
+            edge::edge,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            metrics::record_request,
-        ))
-}
-
-/// CORS for the tracking endpoints: browsers may POST beacons and batches
-/// from the listed origins (`*`: any). No credentials: tracking never needs
-/// cookies of this origin except the pixel's, which is a plain GET.
-fn cors(origins: &[String]) -> CorsLayer {
-    let allow = if origins.iter().any(|o| o.trim() == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
-        )
-    };
-    CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
-        .max_age(Duration::from_secs(86_400))
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

@@ -1,0 +1,214 @@
+//! The one middleware every request passes: limits, CORS and metrics.
+//!
+//! In order: the header-size limit (431), the CORS preflight of tracking
+//! routes (answered here), load shedding of API routes beyond `MAX_IN_FLIGHT`
+//! (503), a deadline on the body (408 when it is read too late), then the
+//! route; on the way out, CORS headers for tracking routes and the latency
+//! histogram.
+//!
+//! Why one middleware and not a layer each: axum clones a route's whole
+//! layer stack for every request, and each layer's state with it. With one
+//! layer holding one `Arc`, a request pays one reference-count increment for
+//! all of this; tower-http's CORS layer alone (which clones its lists) cost
+//! more than the rest together on the single-impression path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+use crate::limits::DeadlineBody;
+use crate::metrics::{self, Metrics};
+use crate::routes::ApiSettings;
+
+/// Which origins may call the tracking routes from a browser.
+#[derive(Debug)]
+enum AllowedOrigins {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+/// What the edge middleware needs, shared by every request.
+pub struct Edge {
+    metrics: Arc<Metrics>,
+    in_flight: Semaphore,
+    max_header_bytes: usize,
+    body_read_timeout: std::time::Duration,
+    origins: AllowedOrigins,
+}
+
+impl Edge {
+    /// The edge for these settings.
+    pub fn new(settings: &ApiSettings, metrics: Arc<Metrics>) -> Self {
+        let origins = if settings
+            .cors_allowed_origins
+            .iter()
+            .any(|o| o.trim() == "*")
+        {
+            AllowedOrigins::Any
+        } else {
+            AllowedOrigins::List(
+                settings
+                    .cors_allowed_origins
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+                    .collect(),
+            )
+        };
+        Edge {
+            metrics,
+            in_flight: Semaphore::new(settings.max_in_flight),
+            max_header_bytes: settings.max_header_bytes,
+            body_read_timeout: settings.body_read_timeout,
+            origins,
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`,
+    /// if that origin is allowed.
+    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match (&self.origins, origin) {
+            (AllowedOrigins::Any, _) => Some(HeaderValue::from_static("*")),
+            (AllowedOrigins::List(list), Some(origin)) if list.contains(origin) => {
+                Some(origin.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Tracking routes: open to browsers (CORS).
+fn is_tracking(route: &str) -> bool {
+    route.starts_with("/api/v1/impressions")
+}
+
+/// API routes: shed under overload. Health, readiness, metrics and docs
+/// are never shed, so probes still work on an overloaded node.
+fn is_sheddable(route: &str) -> bool {
+    route.starts_with("/api/")
+}
+
+/// The middleware.
+pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = metrics::method_label(request.method());
+    let route = metrics::route_label(request.extensions().get::<MatchedPath>());
+    let response = handle(&edge, route, request, next).await;
+    edge.metrics.observe_request(
+        method,
+        route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn handle(edge: &Edge, route: &'static str, request: Request, next: Next) -> Response {
+    let size = header_bytes(&request);
+    if size > edge.max_header_bytes {
+        return ApiError::HeadersTooLarge(format!(
+            "the request line and headers take {size} bytes; at most {} are accepted (MAX_HEADER_BYTES)",
+            edge.max_header_bytes
+        ))
+        .into_response();
+    }
+
+    let cors = is_tracking(route);
+    if cors && request.method() == Method::OPTIONS {
+        return preflight(edge, request.headers());
+    }
+    let allow_origin = if cors {
+        edge.allow_origin(request.headers().get(header::ORIGIN))
+    } else {
+        None
+    };
+
+    let _slot = if is_sheddable(route) {
+        match edge.in_flight.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                return ApiError::Unavailable(
+                    "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly"
+                        .into(),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
+
+    let request = if request_has_body(&request) {
+        let timeout = edge.body_read_timeout;
+        request.map(|body| Body::new(DeadlineBody::new(body, timeout)))
+    } else {
+        request
+    };
+    let mut response = next.run(request).await;
+    if let Some(origin) = allow_origin {
+        let headers = response.headers_mut();
+        if matches!(edge.origins, AllowedOrigins::List(_)) {
+            headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    response
+}
+
+/// Answers a CORS preflight: the origin if allowed, the methods and the one
+/// request header tracking needs, and how long to cache the answer.
+fn preflight(edge: &Edge, headers: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let Some(origin) = edge.allow_origin(headers.get(header::ORIGIN)) else {
+        return response;
+    };
+    let out = response.headers_mut();
+    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    out.insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    );
+    response
+}
+
+/// Request line and headers, as counted against `MAX_HEADER_BYTES`.
+fn header_bytes(request: &Request) -> usize {
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request.uri().path().len()
+        + request.uri().query().map_or(0, str::len)
+}
+
+/// Whether the request announces a body (GETs and empty POSTs skip the
+/// deadline wrapper and its allocation).
+fn request_has_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
