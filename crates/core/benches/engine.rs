@@ -1,6 +1,11 @@
 //! Engine micro-benchmarks, on one thread: tracking new keys, tracking
 //! duplicates, and reading stats, with 1k, 1M and 10M live dedup keys.
 //!
+//! "New keys" is a steady state, as in production: impressions arrive at
+//! 100,000/s of event time (10 µs apart) and the TTL is set so that exactly
+//! the requested number of keys is live, so every new key also expires an
+//! old one (insert, expiry and window updates are all measured).
+//!
 //! ```sh
 //! cargo bench -p impression-core --bench engine
 //! ```
@@ -68,22 +73,63 @@ fn engine_with(live: usize) -> Engine {
     engine
 }
 
-/// New keys: every impression is counted and inserted.
+/// Event time of the `k`-th impression of the steady stream: 10 µs apart.
+fn steady_time(k: u64) -> u64 {
+    T0 + k / 100
+}
+
+/// An engine whose TTL keeps `live` keys live at 100,000 impressions/s,
+/// filled with the first `live` impressions of the stream.
+fn steady_engine(live: usize) -> Engine {
+    let engine = Engine::new(EngineConfig {
+        ttl: Duration::from_micros(10 * live as u64).max(Duration::from_millis(1)),
+        max_lateness: Duration::ZERO,
+        ..EngineConfig::default()
+    });
+    for c in 0..CAMPAIGNS {
+        engine
+            .create_campaign(Campaign {
+                id: campaign_id(c),
+                name: CampaignName::parse("bench").unwrap(),
+                start_time: Timestamp::EPOCH,
+            })
+            .unwrap();
+    }
+    let mut batch = Vec::with_capacity(BATCH);
+    for key in 0..live as u64 {
+        batch.push(impression(key, steady_time(key)));
+        if batch.len() == BATCH || key + 1 == live as u64 {
+            engine.track_batch(&batch, Timestamp::from_millis(steady_time(key)));
+            batch.clear();
+        }
+    }
+    engine
+}
+
+/// New keys in a steady state: every impression is counted and inserted,
+/// and an old key expires for each.
 #[divan::bench(args = LIVE_KEYS, sample_count = 40, sample_size = 10)]
 fn track_new_keys(bencher: Bencher, live: usize) {
-    let engine = engine_with(live);
+    let engine = steady_engine(live);
     let next = Cell::new(live as u64);
-    let now = Timestamp::from_millis(T0);
     bencher
         .counter(ItemsCount::new(BATCH))
         .with_inputs(|| {
             let start = next.get();
             next.set(start + BATCH as u64);
             (start..start + BATCH as u64)
-                .map(|k| impression(k, T0))
+                .map(|k| impression(k, steady_time(k)))
                 .collect::<Vec<_>>()
         })
-        .bench_local_refs(|batch| engine.track_batch(batch, now));
+        .bench_local_refs(|batch| {
+            let now = batch[batch.len() - 1].timestamp;
+            engine.track_batch(batch, now)
+        });
+    let live_after = engine.live_dedup_keys();
+    assert!(
+        live_after.abs_diff(live) <= live / 50 + 2 * BATCH,
+        "{live_after} live keys"
+    );
 }
 
 /// Duplicates of live keys: every impression is looked up and refused.

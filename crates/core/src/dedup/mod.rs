@@ -41,8 +41,10 @@
 //! same span (TTL plus the allowed lateness) after its `L`, insertion order
 //! is expiry order, so expired entries are always at the front of the ring
 //! and each is popped exactly once, by the operation that finds it expired.
-//! When a key is counted again, a new entry is appended and the table points
-//! at it; the old entry becomes stale and is dropped when it reaches the front.
+//! Popping does not touch the table: a slot whose entry left the ring is
+//! dead, skipped by lookups and reused by inserts. When a key is counted
+//! again, a new entry is appended and its slot re-pointed; the old entry is
+//! marked superseded and dropped when it reaches the front.
 //!
 //! Memory per live key is one ring entry (24 bytes) plus one 8-byte slot at
 //! a load factor between 3/8 and 3/4: about 35–40 bytes, measured by the
@@ -237,7 +239,7 @@ impl DedupIndex {
     /// Locks one shard, to decide a run of impressions under one lock.
     pub fn lock_shard(&self, shard: usize) -> ShardGuard<'_> {
         let shard = self.shards[shard].0.lock();
-        let len_before = shard.table.len();
+        let len_before = shard.live;
         ShardGuard {
             shard,
             index: self,
@@ -255,12 +257,7 @@ impl DedupIndex {
     pub fn contains(&self, fp: Fingerprint, now: Timestamp) -> bool {
         let mut shard = self.lock_shard(self.shard_of(fp));
         shard.shard.expire(now, self.retention_ms);
-        let ring = &shard.shard.ring;
-        shard
-            .shard
-            .table
-            .find(slot_hash(fp.lo), |pos| ring.get(pos).fp == fp)
-            .is_some()
+        shard.shard.find(fp).is_some()
     }
 
     /// Decides one impression at `t` (checked at `now`) and records it if
@@ -282,9 +279,8 @@ impl DedupIndex {
     pub fn for_each(&self, mut f: impl FnMut(Fingerprint, Timestamp)) {
         for shard in self.shards.iter() {
             let shard = shard.0.lock();
-            for pos in shard.table.positions() {
-                let e = shard.ring.get(pos);
-                f(e.fp, e.last_counted);
+            for e in shard.live_entries() {
+                f(e.fp, e.last_counted());
             }
         }
     }
@@ -303,7 +299,7 @@ impl DedupIndex {
 
     /// Number of live keys (keys whose entry has not expired yet).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.0.lock().table.len()).sum()
+        self.shards.iter().map(|s| s.0.lock().live).sum()
     }
 
     /// Whether no key is live.
@@ -322,7 +318,7 @@ pub struct ShardGuard<'a> {
 impl Drop for ShardGuard<'_> {
     /// Publishes the change in live keys once, as the lock is released.
     fn drop(&mut self) {
-        let len = self.shard.table.len();
+        let len = self.shard.live;
         if len > self.len_before {
             self.index
                 .live
@@ -368,64 +364,86 @@ impl ShardGuard<'_> {
 
 #[derive(Default)]
 struct Shard {
-    /// Slot of each live key: its hash bits and its current ring position.
+    /// Slot of each key: its hash bits and its current ring position.
     table: SlotTable,
     ring: Ring,
+    /// Live keys: counted up on insert, down when a key's current entry
+    /// leaves the ring.
+    live: usize,
 }
 
 impl Shard {
     fn check(&mut self, rule: &DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
-        let hash = slot_hash(fp.lo);
-        let ring = &mut self.ring;
-        match self.table.find(hash, |pos| ring.get(pos).fp == fp) {
+        match self.find(fp) {
             Some(slot) => {
-                let last = ring.get(self.table.pos(slot)).last_counted;
+                let pos = self.table.pos(slot);
+                let last = self.ring.get(pos).last_counted();
                 let decision = rule.decide(Some(last), t);
                 if let Decision::Count { new_last } = decision
                     && new_last > last
                 {
-                    // Append rather than update in place, so the ring stays
-                    // in expiry order; the old entry goes stale.
-                    let pos = ring.push(Entry {
-                        fp,
-                        last_counted: new_last,
-                    });
-                    self.table.set_pos(slot, pos);
+                    self.renew(slot, pos, fp, new_last);
                 }
                 decision
             }
             None => {
-                let pos = ring.push(Entry {
-                    fp,
-                    last_counted: t,
-                });
-                self.table.insert(hash, pos);
+                self.insert(fp, t);
                 Decision::Count { new_last: t }
             }
         }
     }
 
     fn restore(&mut self, fp: Fingerprint, last: Timestamp) {
-        let hash = slot_hash(fp.lo);
-        let ring = &mut self.ring;
-        match self.table.find(hash, |pos| ring.get(pos).fp == fp) {
+        match self.find(fp) {
             Some(slot) => {
-                if last > ring.get(self.table.pos(slot)).last_counted {
-                    let pos = ring.push(Entry {
-                        fp,
-                        last_counted: last,
-                    });
-                    self.table.set_pos(slot, pos);
+                let pos = self.table.pos(slot);
+                if last > self.ring.get(pos).last_counted() {
+                    self.renew(slot, pos, fp, last);
                 }
             }
-            None => {
-                let pos = ring.push(Entry {
-                    fp,
-                    last_counted: last,
-                });
-                self.table.insert(hash, pos);
-            }
+            None => self.insert(fp, last),
         }
+    }
+
+    fn find(&self, fp: Fingerprint) -> Option<usize> {
+        let ring = &self.ring;
+        self.table.find(
+            slot_hash(fp.lo),
+            |pos| ring.is_live(pos),
+            |pos| ring.get(pos).fp == fp,
+        )
+    }
+
+    /// A live key was counted again: append its new entry (so the ring stays
+    /// in expiry order) and mark the old one superseded.
+    fn renew(&mut self, slot: usize, old: u32, fp: Fingerprint, last: Timestamp) {
+        self.ring.supersede(old);
+        let pos = self.ring.push(Entry::new(fp, last));
+        self.table.set_pos(slot, pos);
+    }
+
+    fn insert(&mut self, fp: Fingerprint, last: Timestamp) {
+        // Rehash first when crowded, so dead slots are dropped rather than
+        // the table grown around them.
+        self.live += 1;
+        self.rehash_if_needed();
+        let pos = self.ring.push(Entry::new(fp, last));
+        let ring = &self.ring;
+        self.table
+            .insert(slot_hash(fp.lo), pos, |p| ring.is_live(p));
+    }
+
+    fn rehash_if_needed(&mut self) {
+        let ring = &self.ring;
+        // A slot is kept if its entry is in the ring, current, and of its
+        // own key (after 2^32 positions an old slot could point at a
+        // newer, unrelated entry).
+        self.table.rehash_if_needed(self.live, |hash, pos| {
+            ring.is_live(pos) && {
+                let e = ring.get(pos);
+                !e.superseded() && slot_hash(e.fp.lo) == hash
+            }
+        });
     }
 
     /// Loads the slot lines and candidate ring entries of `fps`. Each load is
@@ -436,61 +454,50 @@ impl Shard {
         for fp in fps.clone() {
             sink ^= self.table.touch(slot_hash(fp.lo));
         }
+        let ring = &self.ring;
         for fp in fps {
-            if let Some(pos) = self.table.first_candidate(slot_hash(fp.lo)) {
-                sink ^= self.ring.get(pos).last_counted.as_millis();
+            if let Some(pos) = self
+                .table
+                .first_candidate(slot_hash(fp.lo), |p| ring.is_live(p))
+            {
+                sink ^= ring.get(pos).last_counted().as_millis();
             }
         }
         std::hint::black_box(sink);
     }
 
     /// Pops every front entry whose `L + retention` is at or before `now`.
-    ///
-    /// Expired entries are taken in rounds: their slot lines are loaded
-    /// together first (the keys are unrelated, so the loads overlap), then
-    /// the entries are popped and their slots removed from warm caches.
+    /// Only the ring is read, front to back: the table learns that a key
+    /// expired from its slot's position having left the ring, so expiry
+    /// costs no random memory access.
     fn expire(&mut self, now: Timestamp, retention_ms: u64) {
-        const ROUND: u32 = 64;
         let Some(cutoff) = now.as_millis().checked_sub(retention_ms) else {
             return;
         };
-        let expired = |e: &Entry| e.last_counted.as_millis() <= cutoff;
         let mut popped = false;
-        loop {
-            let mut n = 0;
-            let mut sink = 0u64;
-            while n < ROUND {
-                match self.ring.nth(n) {
-                    Some((_, e)) if expired(&e) => {
-                        sink ^= self.table.touch(slot_hash(e.fp.lo));
-                        n += 1;
-                    }
-                    _ => break,
-                }
-            }
-            std::hint::black_box(sink);
-            if n == 0 {
+        while let Some((_, entry)) = self.ring.front() {
+            if entry.last_counted().as_millis() > cutoff {
                 break;
             }
-            for _ in 0..n {
-                let Some((pos, entry)) = self.ring.front() else {
-                    break;
-                };
-                self.ring.pop_front();
-                // Only remove the key if this entry is still its current
-                // one; otherwise it was counted again since and is stale.
-                if let Some(slot) = self.table.find_exact(slot_hash(entry.fp.lo), pos) {
-                    self.table.remove_at(slot);
-                }
-            }
+            self.ring.pop_front();
             popped = true;
-            if n < ROUND {
-                break;
+            if !entry.superseded() {
+                self.live -= 1;
             }
         }
         if popped {
-            self.table.shrink_if_sparse();
+            self.rehash_if_needed();
         }
+    }
+
+    /// Every live key's entry.
+    fn live_entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        let ring = &self.ring;
+        self.table
+            .positions()
+            .filter(|&pos| ring.is_live(pos))
+            .map(|pos| *ring.get(pos))
+            .filter(|e| !e.superseded())
     }
 }
 

@@ -9,7 +9,29 @@ use crate::time::Timestamp;
 #[derive(Clone, Copy, Default)]
 pub(super) struct Entry {
     pub(super) fp: Fingerprint,
-    pub(super) last_counted: Timestamp,
+    /// Milliseconds of the latest counted time; the top bit marks the entry
+    /// *superseded*: its key was counted again and a newer entry holds it,
+    /// so popping this one does not end the key.
+    last: u64,
+}
+
+const SUPERSEDED: u64 = 1 << 63;
+
+impl Entry {
+    pub(super) fn new(fp: Fingerprint, last_counted: Timestamp) -> Self {
+        Entry {
+            fp,
+            last: last_counted.as_millis() & !SUPERSEDED,
+        }
+    }
+
+    pub(super) fn last_counted(&self) -> Timestamp {
+        Timestamp::from_millis(self.last & !SUPERSEDED)
+    }
+
+    pub(super) fn superseded(&self) -> bool {
+        self.last & SUPERSEDED != 0
+    }
 }
 
 const CHUNK_BITS: u32 = 10;
@@ -47,6 +69,18 @@ impl Ring {
 
     pub(super) fn get(&self, pos: u32) -> &Entry {
         &self.chunks[self.chunk_index(pos)][(pos & CHUNK_MASK) as usize]
+    }
+
+    /// Whether `pos` is still in the ring (not yet popped).
+    #[inline]
+    pub(super) fn is_live(&self, pos: u32) -> bool {
+        pos.wrapping_sub(self.head) < self.tail.wrapping_sub(self.head)
+    }
+
+    /// Marks the entry at `pos` as superseded by a newer one of its key.
+    pub(super) fn supersede(&mut self, pos: u32) {
+        let i = self.chunk_index(pos);
+        self.chunks[i][(pos & CHUNK_MASK) as usize].last |= SUPERSEDED;
     }
 
     pub(super) fn push(&mut self, entry: Entry) -> u32 {
