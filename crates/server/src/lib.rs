@@ -26,6 +26,8 @@ pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;

@@ -60,7 +60,7 @@ pub struct BatchProcessed {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     JsonArray,
     Ndjson,
 }
@@ -218,7 +218,7 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
 
 /// Splits the body into items, each parsed on its own so one bad item does
 /// not sink the others.
-fn split_items(
+pub(crate) fn split_items(
     body: &[u8],
     format: Format,
 ) -> Result<Vec<Result<TrackImpressionRequest, ApiError>>, ApiError> {

@@ -107,7 +107,7 @@ fn required(value: Option<String>, name: &str) -> Result<String, ApiError> {
 }
 
 /// The value of cookie `name`, from any `Cookie` header.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
