@@ -25,6 +25,15 @@ const SNAP_CAMPAIGN: u8 = 10;
 const SNAP_DEDUP: u8 = 11;
 const SNAP_END: u8 = 12;
 
+// Encoded sizes (at least) of the repeated items, to refuse a count the
+// rest of the payload cannot hold before allocating room for it.
+const COUNTED_MIN_BYTES: usize = 16 + 16 + 8 + 2;
+const AD_MIN_BYTES: usize = 2 + PARTS_MIN_BYTES;
+const PARTS_MIN_BYTES: usize = 8 + 4 + 4;
+const DEDUP_ENTRY_BYTES: usize = 16 + 8;
+const MINUTE_BYTES: usize = 8 + 60 * 4;
+const HOUR_BYTES: usize = 8 + 8;
+
 /// A counted impression as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counted {
@@ -97,8 +106,8 @@ pub fn decode_log(payload: &[u8]) -> Result<LogRecord, String> {
     let record = match r.u8()? {
         CAMPAIGN => LogRecord::Campaign(r.campaign()?),
         COUNTED => {
-            let n = r.u32()? as usize;
-            let mut items = Vec::with_capacity(n.min(1 << 16));
+            let n = r.count(COUNTED_MIN_BYTES)?;
+            let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 items.push(Counted {
                     campaign_id: r.campaign_id()?,
@@ -155,8 +164,8 @@ pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
             let all = r.parts()?;
             let other_ads = r.parts()?;
             let ads_limit_exceeded = r.u8()? != 0;
-            let n = r.u32()? as usize;
-            let mut ads = Vec::with_capacity(n.min(1 << 16));
+            let n = r.count(AD_MIN_BYTES)?;
+            let mut ads = Vec::with_capacity(n);
             for _ in 0..n {
                 let ad = AdId::parse(r.string()?).map_err(|e| e.to_string())?;
                 ads.push((ad, r.parts()?));
@@ -170,8 +179,8 @@ pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
             })
         }
         SNAP_DEDUP => {
-            let n = r.u32()? as usize;
-            let mut entries = Vec::with_capacity(n.min(1 << 20));
+            let n = r.count(DEDUP_ENTRY_BYTES)?;
+            let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 entries.push((
                     Fingerprint::from_u128(r.u128()?),
@@ -263,6 +272,23 @@ impl<'a> Cursor<'a> {
         Ok(u128::from_le_bytes(self.array()?))
     }
 
+    /// A `u32` count of items of at least `item_bytes` each, checked
+    /// against what is left: a damaged count fails here, before anything is
+    /// allocated for it (a 24-byte payload announcing four billion dedup
+    /// entries used to reserve 24 MiB first).
+    fn count(&mut self, item_bytes: usize) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        let left = self.buf.len() - self.pos;
+        if n.saturating_mul(item_bytes) > left {
+            return Err(format!(
+                "record ends early: {n} items of at least {item_bytes} bytes announced at byte {}, \
+                 {left} bytes left",
+                self.pos - 4
+            ));
+        }
+        Ok(n)
+    }
+
     fn string(&mut self) -> Result<String, String> {
         let len = self.u16()? as usize;
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
@@ -282,8 +308,8 @@ impl<'a> Cursor<'a> {
 
     fn parts(&mut self) -> Result<WindowParts, String> {
         let total = self.u64()?;
-        let n = self.u32()? as usize;
-        let mut minutes = Vec::with_capacity(n.min(4096));
+        let n = self.count(MINUTE_BYTES)?;
+        let mut minutes = Vec::with_capacity(n);
         for _ in 0..n {
             let minute = self.u64()?;
             let mut seconds = [0u32; 60];
@@ -292,8 +318,8 @@ impl<'a> Cursor<'a> {
             }
             minutes.push((minute, seconds));
         }
-        let n = self.u32()? as usize;
-        let mut hours = Vec::with_capacity(n.min(1 << 16));
+        let n = self.count(HOUR_BYTES)?;
+        let mut hours = Vec::with_capacity(n);
         for _ in 0..n {
             hours.push((self.u64()?, self.u64()?));
         }
@@ -411,5 +437,56 @@ mod tests {
         let mut huge = vec![COUNTED];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_log(&huge).is_err());
+    }
+
+    /// Found by the `snapshot_section` fuzz target: a 24-byte dedup section
+    /// announcing 4,294,967,295 entries reserved room for a million of them
+    /// (24 MiB) before failing. Every count is now checked against the
+    /// bytes left first.
+    #[test]
+    fn counts_beyond_the_payload_fail_before_allocating() {
+        let fuzzed: &[u8] = &[
+            0x0b, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 0x01, 0x10, 0x00, 0xff, 0x0c,
+            0x01, 0x00, 0xfe, 0xff, 0xff, 0xff, 0x0c, 0x00, 0xff, 0x00,
+        ];
+        let err = decode_section(fuzzed).unwrap_err();
+        assert!(
+            err.contains("4294967295 items of at least 24 bytes"),
+            "{err}"
+        );
+
+        // The same check guards every repeated field: counted items, ads,
+        // minutes and hours.
+        let mut counted = vec![COUNTED];
+        counted.extend_from_slice(&2u32.to_le_bytes());
+        counted.extend_from_slice(&[0; COUNTED_MIN_BYTES]);
+        let err = decode_log(&counted).unwrap_err();
+        assert!(err.contains("2 items of at least 42 bytes"), "{err}");
+
+        let mut section = Vec::new();
+        encode_section(
+            &mut section,
+            &SnapshotSection::Campaign(CampaignSnapshot {
+                campaign: campaign(),
+                all: WindowParts::default(),
+                ads: Vec::new(),
+                other_ads: WindowParts::default(),
+                ads_limit_exceeded: false,
+            }),
+        );
+        let minutes_at = 1 + 16 + 8 + 2 + campaign().name.as_str().len() + 8;
+        for (at, bytes) in [
+            (minutes_at, 248),
+            (minutes_at + 4, 16),
+            (section.len() - 4, 18),
+        ] {
+            let mut bad = section.clone();
+            bad[at..at + 4].copy_from_slice(&1_000_000u32.to_le_bytes());
+            let err = decode_section(&bad).unwrap_err();
+            assert!(
+                err.contains(&format!("1000000 items of at least {bytes} bytes")),
+                "at {at}: {err}"
+            );
+        }
     }
 }
