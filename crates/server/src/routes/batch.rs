@@ -21,6 +21,8 @@ use impression_core::{Impression, TrackOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
 
 use super::AppState;
 use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
@@ -59,6 +61,41 @@ pub struct BatchProcessed {
     pub rejected: Vec<RejectedItem>,
 }
 
+/// A batch as a JSON array, for the API description: 1..=10,000 track
+/// requests (`BATCH_MAX_ITEMS`). Written by hand because the derive cannot
+/// bound the length of a newtype's array.
+pub struct BatchArray;
+
+impl utoipa::PartialSchema for BatchArray {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .description(Some(
+                "1..=10,000 track requests. Items are checked one by one: an invalid \
+                 item does not fail the request, it is listed in `rejected`.",
+            ))
+            .items(Ref::from_schema_name(TrackImpressionRequest::name()))
+            .min_items(Some(1))
+            .max_items(Some(10_000))
+            .into()
+    }
+}
+
+impl ToSchema for BatchArray {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            TrackImpressionRequest::name().into_owned(),
+            <TrackImpressionRequest as utoipa::PartialSchema>::schema(),
+        ));
+        TrackImpressionRequest::schemas(schemas);
+    }
+}
+
+/// A batch as NDJSON, for the API description: one track request (a JSON
+/// object) per line; blank lines are skipped.
+#[derive(ToSchema)]
+#[schema(pattern = r"\S")]
+pub struct BatchNdjson(pub String);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
     JsonArray,
@@ -74,8 +111,8 @@ pub(crate) enum Format {
     request_body(
         description = "A JSON array of track requests, or NDJSON (one per line)",
         content(
-            (Vec<TrackImpressionRequest> = "application/json"),
-            (String = "application/x-ndjson"),
+            (BatchArray = "application/json"),
+            (BatchNdjson = "application/x-ndjson"),
         )
     ),
     responses(

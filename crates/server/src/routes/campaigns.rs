@@ -27,7 +27,12 @@ pub const MAX_PAGE: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateCampaignRequest {
     /// Display name, trimmed; 1..=256 characters.
-    #[schema(example = "Summer sale")]
+    #[schema(
+        example = "Summer sale",
+        min_length = 1,
+        max_length = 256,
+        pattern = r"\S"
+    )]
     pub name: String,
     /// When impressions start to count (RFC 3339). Defaults to now; at most
     /// 60 seconds in the past.
@@ -88,8 +93,10 @@ pub struct CampaignPage {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -162,7 +169,7 @@ pub async fn create_campaign(
     get,
     path = "/api/v1/campaigns/{id}",
     tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)")),
     responses(
         (status = 200, description = "The campaign", body = CampaignBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),

@@ -24,10 +24,10 @@ pub struct TrackImpressionRequest {
     #[schema(value_type = String, format = Uuid)]
     pub campaign_id: String,
     /// The viewer; 1..=512 bytes.
-    #[schema(example = "user-1")]
+    #[schema(example = "user-1", min_length = 1, max_length = 512)]
     pub user_id: String,
     /// The creative; 1..=512 bytes.
-    #[schema(example = "ad-1")]
+    #[schema(example = "ad-1", min_length = 1, max_length = 512)]
     pub ad_id: String,
     /// When the impression happened (RFC 3339); defaults to when the server
     /// received it. At most `MAX_EVENT_AGE` (10 min) old and

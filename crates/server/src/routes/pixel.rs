@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::admission::{Admission, EventTime, enqueue, reject_reason};
@@ -25,6 +25,12 @@ pub const TRANSPARENT_GIF: &[u8] = &[
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
+/// The body of every pixel answer, for the API description: the 43-byte
+/// transparent GIF.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Gif(pub Vec<u8>);
+
 /// The header carrying the reason a pixel impression was refused.
 pub const ERROR_HEADER: &str = "x-impression-error";
 
@@ -33,11 +39,14 @@ pub const ERROR_HEADER: &str = "x-impression-error";
 #[into_params(parameter_in = Query)]
 pub struct PixelParams {
     /// The campaign (UUID).
+    #[param(required = true, format = Uuid)]
     pub campaign_id: Option<String>,
     /// The creative; 1..=512 bytes.
+    #[param(required = true, min_length = 1, max_length = 512)]
     pub ad_id: Option<String>,
     /// The viewer; 1..=512 bytes. When absent, read from the `uid` cookie
     /// (name set by `PIXEL_COOKIE`).
+    #[param(min_length = 1, max_length = 512)]
     pub user_id: Option<String>,
     /// When the impression happened: Unix milliseconds or RFC 3339.
     pub ts: Option<String>,
@@ -50,15 +59,15 @@ pub struct PixelParams {
     tag = "impressions",
     params(PixelParams),
     responses(
-        (status = 200, description = "Validated and queued", content_type = "image/gif", body = Vec<u8>),
+        (status = 200, description = "Validated and queued", content_type = "image/gif", body = Gif),
         (status = 400, description = "Invalid or missing parameter (reason in X-Impression-Error)",
-            content_type = "image/gif", body = Vec<u8>, headers(("X-Impression-Error" = String))),
+            content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
         (status = 404, description = "No such campaign (reason in X-Impression-Error)",
-            content_type = "image/gif", body = Vec<u8>, headers(("X-Impression-Error" = String))),
+            content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
         (status = 409, description = "The campaign has not started (reason in X-Impression-Error)",
-            content_type = "image/gif", body = Vec<u8>, headers(("X-Impression-Error" = String))),
+            content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
         (status = 503, description = "Queue full or storage unavailable (reason in X-Impression-Error)",
-            content_type = "image/gif", body = Vec<u8>,
+            content_type = "image/gif", body = Gif,
             headers(("X-Impression-Error" = String), ("Retry-After" = u32))),
     )
 )]

@@ -76,11 +76,21 @@ impl StatsBody {
     }
 }
 
+/// The breakdowns `stats?by=` offers (for the API description; the
+/// handler reads the text itself to answer a clear error).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Breakdown {
+    /// Counts per ad id.
+    Ad,
+}
+
 /// Query of the stats endpoint.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
     /// `ad` adds a breakdown per ad.
+    #[param(value_type = Option<Breakdown>, inline)]
     pub by: Option<String>,
 }
 
@@ -90,7 +100,7 @@ pub struct StatsParams {
     get,
     path = "/api/v1/campaigns/{id}/stats",
     tag = "stats",
-    params(("id" = String, Path, description = "Campaign id (UUID)"), StatsParams),
+    params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)"), StatsParams),
     responses(
         (status = 200, description = "The counts", body = StatsBody),
         (status = 400, description = "The id is not a UUID, or `by` is not `ad`", body = ErrorBody),

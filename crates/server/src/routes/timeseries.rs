@@ -19,12 +19,26 @@ use crate::config::parse_duration;
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::timefmt::format_rfc3339;
 
+/// The resolutions `timeseries?resolution=` offers (for the API
+/// description; the handler reads the text itself to answer a clear error).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum SeriesResolution {
+    /// One point per second.
+    Second,
+    /// One point per minute.
+    Minute,
+    /// One point per hour.
+    Hour,
+}
+
 /// Query of the timeseries endpoint.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SeriesParams {
     /// `second` (window up to 1h), `minute` (up to 24h, the default) or
     /// `hour` (up to the retained history, 7 days by default).
+    #[param(value_type = Option<SeriesResolution>, inline)]
     pub resolution: Option<String>,
     /// How far back, as a duration (`90s`, `30m`, `24h`, `7d`); defaults to
     /// 60 buckets. Rounded up to whole buckets.
@@ -58,7 +72,7 @@ pub struct Series {
     get,
     path = "/api/v1/campaigns/{id}/timeseries",
     tag = "stats",
-    params(("id" = String, Path, description = "Campaign id (UUID)"), SeriesParams),
+    params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)"), SeriesParams),
     responses(
         (status = 200, description = "The series", body = Series),
         (status = 400, description = "Bad id, resolution or window, or a window too long for the resolution", body = ErrorBody),
