@@ -12,6 +12,7 @@ mod concurrency;
 mod durability;
 mod errors;
 mod event_time;
+mod generated;
 mod helpers;
 mod impressions;
 mod model;
