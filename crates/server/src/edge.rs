@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::error::ApiError;
 use crate::limits::DeadlineBody;
 use crate::metrics::{self, Metrics};
-use crate::routes::ApiSettings;
+use crate::routes::{ApiSettings, pixel};
 
 /// Which origins may call the tracking routes from a browser.
 #[derive(Debug)]
@@ -112,11 +112,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
 async fn handle(edge: &Edge, route: &'static str, request: Request, next: Next) -> Response {
     let size = header_bytes(&request);
     if size > edge.max_header_bytes {
-        return ApiError::HeadersTooLarge(format!(
+        let error = ApiError::HeadersTooLarge(format!(
             "the request line and headers take {size} bytes; at most {} are accepted (MAX_HEADER_BYTES)",
             edge.max_header_bytes
-        ))
-        .into_response();
+        ));
+        return refuse(route, error);
     }
 
     let cors = is_tracking(route);
@@ -133,11 +133,11 @@ async fn handle(edge: &Edge, route: &'static str, request: Request, next: Next) 
         match edge.in_flight.try_acquire() {
             Ok(slot) => Some(slot),
             Err(_) => {
-                return ApiError::Unavailable(
+                let error = ApiError::Unavailable(
                     "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly"
                         .into(),
-                )
-                .into_response();
+                );
+                return refuse(route, error);
             }
         }
     } else {
@@ -159,6 +159,17 @@ async fn handle(edge: &Edge, route: &'static str, request: Request, next: Next) 
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
     response
+}
+
+/// A refusal at the edge: the JSON error, except on the pixel, which
+/// answers its GIF with the reason in `X-Impression-Error` whatever refused
+/// it, so an `<img>` never shows as broken on a page.
+fn refuse(route: &str, error: ApiError) -> Response {
+    if route == pixel::ROUTE {
+        pixel::refusal(&error)
+    } else {
+        error.into_response()
+    }
 }
 
 /// Answers a CORS preflight: the origin if allowed, the methods and the one

@@ -31,6 +31,9 @@ pub const TRANSPARENT_GIF: &[u8] = &[
 #[schema(value_type = String, format = Binary)]
 pub struct Gif(pub Vec<u8>);
 
+/// The pixel's route.
+pub const ROUTE: &str = "/api/v1/impressions/pixel.gif";
+
 /// The header carrying the reason a pixel impression was refused.
 pub const ERROR_HEADER: &str = "x-impression-error";
 
@@ -66,7 +69,9 @@ pub struct PixelParams {
             content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
         (status = 409, description = "The campaign has not started (reason in X-Impression-Error)",
             content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
-        (status = 503, description = "Queue full or storage unavailable (reason in X-Impression-Error)",
+        (status = 431, description = "Request line and headers over MAX_HEADER_BYTES (reason in X-Impression-Error)",
+            content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
+        (status = 503, description = "Queue full, storage unavailable or MAX_IN_FLIGHT reached (reason in X-Impression-Error)",
             content_type = "image/gif", body = Gif,
             headers(("X-Impression-Error" = String), ("Retry-After" = u32))),
     )
@@ -126,6 +131,12 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The pixel's answer to a request refused before it reached the handler
+/// (headers too large, load shed): the GIF, with `error`'s status and reason.
+pub fn refusal(error: &ApiError) -> Response {
+    gif(error.status(), Some(&error.to_string()))
 }
 
 fn gif(status: StatusCode, error: Option<&str>) -> Response {

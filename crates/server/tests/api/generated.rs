@@ -26,7 +26,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_app};
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 const FIELDS: &[&str] = &[
     "campaign_id",
@@ -580,11 +582,14 @@ fn check_gif(answer: &Answer) -> Result<(), String> {
     match (answer.status, reason) {
         (StatusCode::OK, None) => Ok(()),
         (StatusCode::OK, Some(r)) => Err(format!("200 with an error header {r:?}")),
-        (StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::CONFLICT, Some(r))
-            if r.to_str().is_ok_and(|r| !r.is_empty()) =>
-        {
-            Ok(())
-        }
+        (
+            StatusCode::BAD_REQUEST
+            | StatusCode::NOT_FOUND
+            | StatusCode::CONFLICT
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            | StatusCode::SERVICE_UNAVAILABLE,
+            Some(r),
+        ) if r.to_str().is_ok_and(|r| !r.is_empty()) => Ok(()),
         (status, r) => Err(format!("{status} with error header {r:?}")),
     }
 }
@@ -800,6 +805,8 @@ fn cookies() -> BoxedStrategy<Vec<Vec<u8>>> {
         1 => "\"[a-z0-9=;]{0,10}\"",                   // quoted, even with ;
         1 => "[ -~]{0,20}",                            // any visible ASCII
         1 => Just("x".repeat(600)),
+        // Past MAX_HEADER_BYTES (32 KiB): refused at the edge, still a GIF.
+        1 => Just("x".repeat(40 * 1024)),
     ];
     let pair = (name, value, any::<bool>()).prop_map(|(n, v, eq)| {
         if eq {
@@ -814,6 +821,56 @@ fn cookies() -> BoxedStrategy<Vec<Vec<u8>>> {
         1 => prop::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..40),
     ];
     prop::collection::vec(header, 0..3).boxed()
+}
+
+/// Found by the generated cookies above: a request refused at the edge,
+/// before the pixel's handler (headers over `MAX_HEADER_BYTES`, or
+/// `MAX_IN_FLIGHT` reached), was answered with the JSON error, so the
+/// `<img>` on the page broke. The pixel answers its GIF whatever refused it.
+#[tokio::test]
+async fn the_pixel_answers_its_gif_even_when_refused_at_the_edge() {
+    let app = spawn_app_with(&["--max-in-flight", "1"]).await;
+    let c = app.create_campaign("c").await;
+    let pixel = app.url(&format!(
+        "/api/v1/impressions/pixel.gif?campaign_id={c}&ad_id=a&user_id=u"
+    ));
+
+    let big = format!("uid={}", "x".repeat(40 * 1024));
+    let request = app.client.get(&pixel).header("cookie", big);
+    let answer = send(request).await.unwrap();
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    check_gif(&answer).unwrap();
+
+    // Hold the one in-flight slot with a request whose body never ends.
+    let mut held = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    held.write_all(
+        b"POST /api/v1/impressions HTTP/1.1\r\nhost: test\r\n\
+          content-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = client().get(&pixel).send().await.unwrap();
+        if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(answer.headers()["retry-after"], "1");
+    let answer = answer_of(
+        answer.status(),
+        answer.headers().clone(),
+        answer.bytes().await.unwrap().to_vec(),
+    );
+    check_gif(&answer).unwrap();
+    drop(held);
 }
 
 #[tokio::test]
