@@ -140,7 +140,7 @@ pub async fn track_batch(
         )),
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let items = split_items(&body, format)?;
+    let items = split_raw(&body, format)?;
     let max = app.settings.batch_max_items;
     if items.len() > max {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -158,9 +158,15 @@ pub async fn track_batch(
     let mut valid: Vec<Impression> = Vec::with_capacity(items.len());
     let mut valid_index: Vec<usize> = Vec::with_capacity(items.len());
     let mut rejected: Vec<RejectedItem> = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
+    for (index, raw) in items.into_iter().enumerate() {
+        // A batch is thousands of items of CPU work: give the runtime thread
+        // back now and then, so a stats read queued behind it is not kept
+        // waiting for the whole batch.
+        if index % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
         app.metrics.impression_received();
-        let admitted = match item {
+        let admitted = match parse_item(index, raw) {
             Ok(req) => {
                 admission
                     .admit(
@@ -259,31 +265,36 @@ pub(crate) fn split_items(
     body: &[u8],
     format: Format,
 ) -> Result<Vec<Result<TrackImpressionRequest, ApiError>>, ApiError> {
-    let parse = |index: usize, raw: &[u8]| {
-        serde_json::from_slice::<TrackImpressionRequest>(raw)
-            .map_err(|e| ApiError::BadRequest(format!("item {index}: {e}")))
-    };
+    Ok(split_raw(body, format)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| parse_item(i, raw))
+        .collect())
+}
+
+/// The body's items as raw bytes, not yet parsed: a JSON array is checked
+/// and split (raw values borrow from the body, no tree of every item is
+/// built), NDJSON is split into its non-blank lines.
+fn split_raw(body: &[u8], format: Format) -> Result<Vec<&[u8]>, ApiError> {
     match format {
         Format::JsonArray => {
-            // Raw values borrow from the body: the array is split without
-            // building a tree of every item.
             let raw: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
                 ApiError::BadRequest(format!("the body must be a JSON array of impressions: {e}"))
             })?;
-            Ok(raw
-                .iter()
-                .enumerate()
-                .map(|(i, r)| parse(i, r.get().as_bytes()))
-                .collect())
+            Ok(raw.iter().map(|r| r.get().as_bytes()).collect())
         }
         Format::Ndjson => Ok(body
             .split(|&b| b == b'\n')
             .map(|line| line.trim_ascii())
             .filter(|line| !line.is_empty())
-            .enumerate()
-            .map(|(i, line)| parse(i, line))
             .collect()),
     }
+}
+
+/// Parses item `index` of a batch.
+fn parse_item(index: usize, raw: &[u8]) -> Result<TrackImpressionRequest, ApiError> {
+    serde_json::from_slice::<TrackImpressionRequest>(raw)
+        .map_err(|e| ApiError::BadRequest(format!("item {index}: {e}")))
 }
 
 #[cfg(test)]
