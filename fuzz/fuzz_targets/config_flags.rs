@@ -1,7 +1,8 @@
 //! The command line (flags share their value parsers with the environment
 //! variables): each input line is one flag, its first byte choosing which,
 //! the rest its value. A configuration that parses must also yield its
-//! derived settings (engine, API limits, address) without panicking.
+//! derived settings (engine, API limits, address) without panicking, and
+//! every duration in it must be usable as a deadline.
 
 #![no_main]
 
@@ -66,6 +67,20 @@ fuzz_target!(|data: &[u8]| {
     assert!(engine.history_hours >= 25);
     let settings = ApiSettings::from(&config);
     assert!(settings.max_id_bytes >= 1 && settings.max_id_bytes <= 512);
+    // Timeouts become deadlines (`Instant::now() + timeout`, as hyper and
+    // tokio compute them): an accepted value must not overflow one.
+    let now = std::time::Instant::now();
+    for timeout in [
+        config.header_read_timeout,
+        config.body_read_timeout,
+        config.enqueue_timeout,
+        config.max_clock_skew,
+        config.max_event_age,
+        config.ttl,
+        config.history,
+    ] {
+        assert!(now.checked_add(timeout).is_some(), "{timeout:?}");
+    }
     let _ = config.listen_addr();
     let _ = config.storage_kind();
     assert!(config.workers() >= 1);

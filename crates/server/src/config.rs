@@ -59,13 +59,13 @@ pub struct Config {
     pub dedup_scope: ScopeArg,
 
     /// How long a track request waits for room when the queue is full
-    /// before it is answered 503 with `Retry-After`.
-    #[arg(long, env = "ENQUEUE_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    /// before it is answered 503 with `Retry-After`; at most 24h.
+    #[arg(long, env = "ENQUEUE_TIMEOUT", default_value = "100ms", value_parser = parse_bounded_duration)]
     pub enqueue_timeout: Duration,
 
     /// How far ahead of the server's clock an event `timestamp` may be
-    /// (clock skew of clients).
-    #[arg(long, env = "MAX_CLOCK_SKEW", default_value = "5s", value_parser = parse_duration)]
+    /// (clock skew of clients); at most 24h.
+    #[arg(long, env = "MAX_CLOCK_SKEW", default_value = "5s", value_parser = parse_bounded_duration)]
     pub max_clock_skew: Duration,
 
     /// How old an event `timestamp` may be when it arrives (late events from
@@ -240,12 +240,13 @@ pub struct Config {
     pub max_in_flight: u32,
 
     /// How long a client may take to send a request's headers; also how long
-    /// an idle keep-alive connection is kept.
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// an idle keep-alive connection is kept. 1ms ..= 24h.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_read_timeout)]
     pub header_read_timeout: Duration,
 
     /// How long a client may take to send a request's body (408 beyond).
-    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// 1ms ..= 24h.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_read_timeout)]
     pub body_read_timeout: Duration,
 
     /// Log filter, in `tracing` `EnvFilter` syntax (e.g. `info`,
@@ -381,6 +382,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}: expected a duration like `3600s`, `90m`, `1h` or `250ms`"))
 }
 
+/// Longest timeout or clock skew accepted. Each becomes a deadline
+/// (`now + timeout`) somewhere, and one near `u64::MAX` seconds overflows
+/// it: hyper panicked on every connection with
+/// `HEADER_READ_TIMEOUT=18446744073709551615s`, a start-up that looked fine.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+fn parse_bounded_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_TIMEOUT {
+        return Err("must be at most 24h".into());
+    }
+    Ok(d)
+}
+
+fn parse_read_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_bounded_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms (0 would refuse every request)".into());
+    }
+    Ok(d)
+}
+
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
     let ttl = parse_duration(s)?;
@@ -510,6 +533,43 @@ mod tests {
                 .pixel_cookie,
             "visitor_id"
         );
+    }
+
+    /// Found by the `config_flags` fuzz target: a duration near `u64::MAX`
+    /// seconds was accepted, then overflowed `Instant + Duration` (hyper
+    /// panicked on every connection for HEADER_READ_TIMEOUT). Every
+    /// duration setting is now bounded.
+    #[test]
+    fn durations_that_would_overflow_a_deadline_are_refused() {
+        let fuzzed = "\u{b}\u{b}18446724073709551615s\u{b}\u{b}1h1hrs";
+        assert!(parse_duration(fuzzed).is_ok(), "the input still parses");
+        let timeouts = [
+            "--header-read-timeout",
+            "--body-read-timeout",
+            "--enqueue-timeout",
+            "--max-clock-skew",
+        ];
+        let bounded_before = ["--ttl", "--max-event-age", "--history"];
+        for flag in timeouts.iter().chain(&bounded_before) {
+            for value in [fuzzed, "18446744073709551615s"] {
+                let err = parse(&[flag, value]).unwrap_err().to_string();
+                assert!(
+                    err.contains(flag) && err.contains("at most"),
+                    "{flag} {value:?}: {err}"
+                );
+            }
+        }
+        for flag in timeouts {
+            assert!(parse(&[flag, "24h"]).is_ok(), "{flag}");
+            let err = parse(&[flag, "25h"]).unwrap_err().to_string();
+            assert!(err.contains("at most 24h"), "{flag}: {err}");
+        }
+        for flag in ["--header-read-timeout", "--body-read-timeout"] {
+            let err = parse(&[flag, "0s"]).unwrap_err().to_string();
+            assert!(err.contains("at least 1ms"), "{err}");
+        }
+        let config = parse(&["--enqueue-timeout", "0s"]).unwrap();
+        assert_eq!(config.enqueue_timeout, Duration::ZERO);
     }
 
     #[test]
