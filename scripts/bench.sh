@@ -42,9 +42,12 @@ start_server() {
   exit 1
 }
 
+SERVER_PID=
 stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
 }
 trap 'stop_server' EXIT
 

@@ -71,21 +71,15 @@ impl ControlClient {
         req: http::Request<http_body_util::Full<Bytes>>,
         expected: StatusCode,
     ) -> Result<Bytes, ApiError> {
-        let usable = match &mut self.conn {
-            Some(c) => c.ready().await,
-            None => false,
-        };
-        let conn = match &mut self.conn {
-            Some(c) if usable => c,
-            _ => self
-                .conn
-                .insert(Conn::connect(self.target.addr, CALL_TIMEOUT).await?),
-        };
-        let answer = match conn.send(req, CALL_TIMEOUT).await {
-            Ok(a) => a,
-            Err(e) => {
+        // The server closes idle keep-alive connections (HEADER_READ_TIMEOUT),
+        // possibly just as a call is sent on one that sat idle during a run:
+        // such a call is sent again once, on a fresh connection.
+        let retry = req.clone();
+        let answer = match self.send(req).await {
+            Ok(answer) => answer,
+            Err(_) => {
                 self.conn = None;
-                return Err(e.into());
+                self.send(retry).await.inspect_err(|_| self.conn = None)?
             }
         };
         if answer.status != expected {
@@ -98,6 +92,23 @@ impl ControlClient {
             });
         }
         Ok(answer.body)
+    }
+
+    async fn send(
+        &mut self,
+        req: http::Request<http_body_util::Full<Bytes>>,
+    ) -> Result<crate::client::Answer, ClientError> {
+        let usable = match &mut self.conn {
+            Some(c) => c.ready().await,
+            None => false,
+        };
+        let conn = match &mut self.conn {
+            Some(c) if usable => c,
+            _ => self
+                .conn
+                .insert(Conn::connect(self.target.addr, CALL_TIMEOUT).await?),
+        };
+        conn.send(req, CALL_TIMEOUT).await
     }
 
     /// Creates a campaign starting now; returns its id.
