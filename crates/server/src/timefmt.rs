@@ -17,20 +17,30 @@ pub fn format_rfc3339(t: Timestamp) -> String {
         .unwrap_or_else(|| format!("@{}ms", t.as_millis()))
 }
 
+/// The last instant RFC 3339 can write in UTC: 9999-12-31T23:59:59.999Z.
+const LATEST_MILLIS: u64 = 253_402_300_799_999;
+
 /// Parses an RFC 3339 timestamp with any UTC offset; sub-millisecond digits
 /// are dropped. `field` names the JSON field in the error.
+///
+/// The instant must lie between 1970 and the end of year 9999 *in UTC*:
+/// `9999-12-31T23:59:59-23:00` is valid text but falls in year 10000, which
+/// [`format_rfc3339`] cannot write back (a campaign with that start was
+/// answered `"start_time": "@253402383599000ms"`).
 pub fn parse_rfc3339(field: &str, text: &str) -> Result<Timestamp, ApiError> {
     let invalid = || {
         ApiError::BadRequest(format!(
-            "{field} must be an RFC 3339 timestamp at or after 1970-01-01T00:00:00Z, \
-             like 2025-01-01T00:00:00Z"
+            "{field} must be an RFC 3339 timestamp from 1970-01-01T00:00:00Z to \
+             9999-12-31T23:59:59.999Z, like 2025-01-01T00:00:00Z"
         ))
     };
     let dt = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
     let millis = dt.unix_timestamp_nanos().div_euclid(1_000_000);
     u64::try_from(millis)
+        .ok()
+        .filter(|&ms| ms <= LATEST_MILLIS)
         .map(Timestamp::from_millis)
-        .map_err(|_| invalid())
+        .ok_or_else(invalid)
 }
 
 #[cfg(test)]
@@ -46,6 +56,24 @@ mod tests {
             format_rfc3339(Timestamp::from_secs(1_735_689_600)),
             "2025-01-01T00:00:00Z"
         );
+    }
+
+    /// Found by the `rfc3339` fuzz target: text in year 9999 with a negative
+    /// offset is year 10000 in UTC; it parsed, and could not be formatted
+    /// back (a campaign's `start_time` came back as `@...ms`).
+    #[test]
+    fn rejects_instants_after_year_9999_in_utc() {
+        for bad in ["9999-12-31T02:00:06-22:11", "9999-12-31T23:59:59-23:00"] {
+            let err = parse_rfc3339("start_time", bad).unwrap_err();
+            assert!(
+                err.to_string().contains("9999-12-31T23:59:59.999Z"),
+                "{bad}"
+            );
+        }
+        let last = parse_rfc3339("t", "9999-12-31T23:59:59.999Z").unwrap();
+        assert_eq!(format_rfc3339(last), "9999-12-31T23:59:59.999Z");
+        let early = parse_rfc3339("t", "9999-12-31T21:59:59+01:00").unwrap();
+        assert_eq!(format_rfc3339(early), "9999-12-31T20:59:59Z");
     }
 
     #[test]

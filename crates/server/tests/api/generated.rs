@@ -190,6 +190,7 @@ fn rfc3339() -> BoxedStrategy<String> {
         1 => Just("2025-01-01 00:00:00Z".to_owned()),
         1 => Just("1969-12-31T23:59:59Z".to_owned()),
         1 => Just("9999-12-31T23:59:59Z".to_owned()),
+        1 => Just("9999-12-31T23:59:59-23:00".to_owned()), // year 10000 in UTC
         1 => Just("2025-02-30T00:00:00Z".to_owned()),
         1 => Just("2024-12-31T23:59:60Z".to_owned()),
         1 => Just("2025-01-01T00:00:00+24:00".to_owned()),
@@ -536,6 +537,11 @@ fn check_campaign(body: &Value) -> Result<(), String> {
         if !body[k].is_string() {
             return Err(format!("campaign without {k}: {body}"));
         }
+    }
+    let start = body["start_time"].as_str().unwrap_or_default();
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(start, rfc3339).is_err() {
+        return Err(format!("start_time is not RFC 3339: {body}"));
     }
     Ok(())
 }
