@@ -68,7 +68,7 @@ echo "==> schemathesis against $BASE (campaign $CAMPAIGN, $MAX_EXAMPLES examples
 
 # One worker: several threads trip a CPython 3.11 bug in Hypothesis's use
 # of `ast.parse` ("AST constructor recursion depth mismatch"); one is fast
-# enough (about 30 s for 100 examples per operation).
+# enough (about 20 s for 100 examples per operation).
 "${ST[@]}" --config-file scripts/schemathesis.toml run "$BASE/openapi.json" \
   --url "$BASE" \
   --checks all \
