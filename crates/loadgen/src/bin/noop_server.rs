@@ -1,9 +1,9 @@
 //! `noop-server`: the reference ceiling for benchmarks.
 //!
-//! The same framework and runtime as the real service (axum 0.8 on a
-//! multi-threaded tokio runtime, `TCP_NODELAY` on accepted sockets), the same
-//! request parsing (the track JSON into three `String`s through
-//! `axum::Json`), and the same 202 answer, but no validation, no queue and
+//! The same framework, runtime and allocator as the real service (axum 0.8
+//! on a multi-threaded tokio runtime, mimalloc, `TCP_NODELAY` on accepted
+//! sockets), the same request parsing (the track JSON into three `String`s
+//! through `axum::Json`), and the same 202 answer, but no validation, no queue and
 //! no counting. The ratio *server throughput / noop throughput*, measured by
 //! the same client on the same machine, is then the share of the HTTP
 //! ceiling the service keeps; anything added here would blur it.
@@ -23,6 +23,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::{Listener, ListenerExt};
 use clap::Parser;
+
+/// The same allocator as the service (mimalloc): the ratio measures the
+/// service's work, not a difference in allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Options.
 #[derive(Debug, Parser)]
