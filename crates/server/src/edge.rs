@@ -1,26 +1,34 @@
-//! The one middleware every request passes: limits, CORS and metrics.
+//! The edge every request passes before the router: limits, CORS and
+//! metrics.
 //!
 //! In order: the header-size limit (431), the CORS preflight of tracking
 //! routes (answered here), load shedding of API routes beyond `MAX_IN_FLIGHT`
-//! (503), a deadline on the body (408 when it is read too late), then the
-//! route; on the way out, CORS headers for tracking routes and the latency
-//! histogram.
+//! (503), a deadline on the body (408 when it is read too late) and the
+//! default body limit, then the router; on the way out, CORS headers for
+//! tracking routes and the latency histogram.
 //!
-//! Why one middleware and not a layer each: axum clones a route's whole
-//! layer stack for every request, and each layer's state with it. With one
-//! layer holding one `Arc`, a request pays one reference-count increment for
-//! all of this; tower-http's CORS layer alone (which clones its lists) cost
-//! more than the rest together on the single-impression path.
+//! Why one hand-written service around the router and not a layer each:
+//! axum boxes every route again for each `Router::layer` and clones the
+//! layer stack per request; tower-http's CORS layer alone (which clones its
+//! lists) cost more than the rest together on the single-impression path.
+//! Here a request pays two reference-count increments and one boxed future
+//! for all of it. The edge runs before routing, so it names the route from
+//! the raw path ([`metrics::route_template`]).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
+use tower::Service;
 
 use crate::error::ApiError;
 use crate::limits::DeadlineBody;
@@ -40,6 +48,7 @@ pub struct Edge {
     in_flight: Semaphore,
     max_header_bytes: usize,
     body_read_timeout: std::time::Duration,
+    body_limit: DefaultBodyLimit,
     origins: AllowedOrigins,
 }
 
@@ -66,6 +75,7 @@ impl Edge {
             in_flight: Semaphore::new(settings.max_in_flight),
             max_header_bytes: settings.max_header_bytes,
             body_read_timeout: settings.body_read_timeout,
+            body_limit: DefaultBodyLimit::max(settings.max_body_bytes),
             origins,
         }
     }
@@ -94,71 +104,122 @@ fn is_sheddable(route: &str) -> bool {
     route.starts_with("/api/")
 }
 
-/// The middleware.
-pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = metrics::method_label(request.method());
-    let route = metrics::route_label(request.extensions().get::<MatchedPath>());
-    let response = handle(&edge, route, request, next).await;
-    edge.metrics.observe_request(
-        method,
-        route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+/// The edge around the whole router: what the server serves on every
+/// connection. Cloning it (hyper does, per request) costs two
+/// reference-count increments.
+#[derive(Clone)]
+pub struct WithEdge {
+    edge: Arc<Edge>,
+    router: Router,
 }
 
-async fn handle(edge: &Edge, route: &'static str, request: Request, next: Next) -> Response {
-    let size = header_bytes(&request);
-    if size > edge.max_header_bytes {
-        let error = ApiError::HeadersTooLarge(format!(
-            "the request line and headers take {size} bytes; at most {} are accepted (MAX_HEADER_BYTES)",
-            edge.max_header_bytes
-        ));
-        return refuse(route, error);
+impl WithEdge {
+    /// `router` behind `edge`.
+    pub fn new(edge: Edge, router: Router) -> Self {
+        WithEdge {
+            edge: Arc::new(edge),
+            router,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for WithEdge
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    let cors = is_tracking(route);
-    if cors && request.method() == Method::OPTIONS {
-        return preflight(edge, request.headers());
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let edge = Arc::clone(&self.edge);
+        let router = self.router.clone();
+        Box::pin(async move { Ok(edge.serve(router, request).await) })
     }
-    let allow_origin = if cors {
-        edge.allow_origin(request.headers().get(header::ORIGIN))
-    } else {
-        None
-    };
+}
 
-    let _slot = if is_sheddable(route) {
-        match edge.in_flight.try_acquire() {
-            Ok(slot) => Some(slot),
-            Err(_) => {
-                let error = ApiError::Unavailable(
-                    "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly"
-                        .into(),
-                );
-                return refuse(route, error);
+impl Edge {
+    async fn serve<B>(&self, router: Router, request: Request<B>) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let (route, name) = self
+            .metrics
+            .request_route(metrics::route_template(request.uri().path()));
+        let response = self.handle(name, router, request).await;
+        self.metrics.observe_request(
+            route,
+            method.as_str(),
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+
+    async fn handle<B>(&self, route: &str, mut router: Router, request: Request<B>) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let size = header_bytes(&request);
+        if size > self.max_header_bytes {
+            let error = ApiError::HeadersTooLarge(format!(
+                "the request line and headers take {size} bytes; at most {} are accepted (MAX_HEADER_BYTES)",
+                self.max_header_bytes
+            ));
+            return refuse(route, error);
+        }
+
+        let cors = is_tracking(route);
+        if cors && request.method() == Method::OPTIONS {
+            return preflight(self, request.headers());
+        }
+        let allow_origin = if cors {
+            self.allow_origin(request.headers().get(header::ORIGIN))
+        } else {
+            None
+        };
+
+        let _slot = if is_sheddable(route) {
+            match self.in_flight.try_acquire() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let error = ApiError::Unavailable(
+                        "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly"
+                            .into(),
+                    );
+                    return refuse(route, error);
+                }
             }
-        }
-    } else {
-        None
-    };
+        } else {
+            None
+        };
 
-    let request = if request_has_body(&request) {
-        let timeout = edge.body_read_timeout;
-        request.map(|body| Body::new(DeadlineBody::new(body, timeout)))
-    } else {
-        request
-    };
-    let mut response = next.run(request).await;
-    if let Some(origin) = allow_origin {
-        let headers = response.headers_mut();
-        if matches!(edge.origins, AllowedOrigins::List(_)) {
-            headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        let mut request = if request_has_body(&request) {
+            let timeout = self.body_read_timeout;
+            request.map(|body| Body::new(DeadlineBody::new(body, timeout)))
+        } else {
+            request.map(Body::new)
+        };
+        self.body_limit.apply(&mut request);
+        let Ok(mut response) = router.call(request).await;
+        if let Some(origin) = allow_origin {
+            let headers = response.headers_mut();
+            if matches!(self.origins, AllowedOrigins::List(_)) {
+                headers.insert(header::VARY, HeaderValue::from_static("origin"));
+            }
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         }
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response
     }
-    response
 }
 
 /// A refusal at the edge: the JSON error, except on the pixel, which
@@ -203,7 +264,7 @@ fn preflight(edge: &Edge, headers: &HeaderMap) -> Response {
 }
 
 /// Request line and headers, as counted against `MAX_HEADER_BYTES`.
-fn header_bytes(request: &Request) -> usize {
+fn header_bytes<B>(request: &Request<B>) -> usize {
     request
         .headers()
         .iter()
@@ -215,7 +276,7 @@ fn header_bytes(request: &Request) -> usize {
 
 /// Whether the request announces a body (GETs and empty POSTs skip the
 /// deadline wrapper and its allocation).
-fn request_has_body(request: &Request) -> bool {
+fn request_has_body<B>(request: &Request<B>) -> bool {
     let headers = request.headers();
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers

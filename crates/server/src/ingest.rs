@@ -225,7 +225,13 @@ async fn apply_jobs(ctx: &WorkerContext, jobs: &mut Vec<Job>) {
     for job in jobs.iter_mut().skip(1) {
         all.append(&mut job.impressions);
     }
-    for chunk in all.chunks(MAX_WORKER_BATCH) {
+    for (i, chunk) in all.chunks(MAX_WORKER_BATCH).enumerate() {
+        if i > 0 {
+            // Let requests on this runtime thread run between chunks (not
+            // after the last: at low load a turn is one small chunk, and a
+            // yield would schedule the worker once more for nothing).
+            tokio::task::yield_now().await;
+        }
         match ctx.store.apply(chunk, ctx.clock.now()).await {
             Ok(applied) => {
                 ctx.metrics.batch_applied(&applied);
@@ -239,8 +245,6 @@ async fn apply_jobs(ctx: &WorkerContext, jobs: &mut Vec<Job>) {
                 break;
             }
         }
-        // Let requests on this runtime thread run between chunks.
-        tokio::task::yield_now().await;
     }
     drop(all);
 

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use http_body::{Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -35,19 +35,19 @@ pin_project! {
     /// A body that fails once its deadline passes. The timer only starts
     /// when the body is not already complete, so a small body that arrived
     /// with the headers costs no timer at all.
-    pub struct DeadlineBody {
+    pub struct DeadlineBody<B> {
         #[pin]
-        inner: Body,
+        inner: B,
         #[pin]
         deadline: Option<tokio::time::Sleep>,
         timeout: Duration,
     }
 }
 
-impl DeadlineBody {
+impl<B> DeadlineBody<B> {
     /// `inner`, failing if it is not complete `timeout` after it is first
     /// found waiting for data.
-    pub fn new(inner: Body, timeout: Duration) -> Self {
+    pub fn new(inner: B, timeout: Duration) -> Self {
         DeadlineBody {
             inner,
             deadline: None,
@@ -56,7 +56,11 @@ impl DeadlineBody {
     }
 }
 
-impl http_body::Body for DeadlineBody {
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     type Data = Bytes;
     type Error = axum::BoxError;
 

@@ -16,7 +16,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::edge::WithEdge;
 use crate::error::ApiError;
 
 /// Connection-level limits.
@@ -44,11 +44,11 @@ pub struct ConnectionLimits {
 /// How long shutdown waits for open connections to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (at most 30 s) for requests in flight to finish.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: WithEdge,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -79,7 +79,7 @@ pub async fn serve(
         let io = TokioIo::new(stream);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let service = TowerToHyperService::new(router.clone());
+                let service = TowerToHyperService::new(app.clone());
                 let conn = graceful.watch(builder.serve_connection(io, service));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

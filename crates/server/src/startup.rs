@@ -167,8 +167,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        let router = routes::router(self.state);
-        server::serve(self.listener, router, self.limits, async move {
+        let app = routes::app(self.state);
+        server::serve(self.listener, app, self.limits, async move {
             shutdown.await;
             state.begin_shutdown();
             tracing::info!("shutting down: finishing requests in flight");

@@ -24,7 +24,7 @@ pub mod timeseries;
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -35,7 +35,7 @@ use impression_core::{CampaignId, Clock};
 
 use crate::auth::{self, ApiKeys};
 use crate::config::Config;
-use crate::edge::{self, Edge};
+use crate::edge::{Edge, WithEdge};
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
@@ -96,6 +96,8 @@ impl From<&Config> for ApiSettings {
     }
 }
 
+static NEXT_APP_ID: AtomicU64 = AtomicU64::new(0);
+
 /// What every handler shares. One `Arc` inside, so the per-request clone
 /// axum makes is a single reference-count increment.
 #[derive(Clone)]
@@ -115,6 +117,8 @@ pub struct AppInner {
     pub settings: ApiSettings,
     /// Keys for the management endpoints.
     pub api_keys: Arc<ApiKeys>,
+    /// Unique in the process, so per-thread caches keep applications apart.
+    id: u64,
     shutting_down: AtomicBool,
 }
 
@@ -135,8 +139,14 @@ impl AppState {
             metrics,
             settings,
             api_keys,
+            id: NEXT_APP_ID.fetch_add(1, Ordering::Relaxed),
             shutting_down: AtomicBool::new(false),
         }))
+    }
+
+    /// This application's id, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.0.id
     }
 
     /// Marks the service as draining: `/readyz` fails from now on.
@@ -165,8 +175,8 @@ impl Deref for AppState {
 /// configured), and **operations** (health, readiness and docs always open,
 /// metrics behind the API key; never shed, so load balancers and Prometheus
 /// can still probe an overloaded node).
-/// Limits, CORS and request metrics are applied to every request by one
-/// middleware, [`crate::edge`].
+/// Limits, CORS and request metrics are not here: [`app`] puts the
+/// router behind [`crate::edge`].
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let tracking = Router::new()
@@ -213,11 +223,18 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::docs())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(Edge::new(&state.settings, Arc::clone(&state.metrics))),
-            edge::edge,
-        ))
+}
+
+/// What the server serves: [`router`] behind the [`edge`] (limits, CORS,
+/// shedding, request metrics, the default body limit).
+///
+/// The edge wraps the router once instead of being one of its layers:
+/// every `Router::layer` boxes each route again and clones the layer per
+/// request, which under callgrind cost about as much as the handler's own
+/// work on the single-impression path (see BENCHMARKS.md).
+pub fn app(state: AppState) -> WithEdge {
+    let edge = Edge::new(&state.settings, Arc::clone(&state.metrics));
+    WithEdge::new(edge, router(state))
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

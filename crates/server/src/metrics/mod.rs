@@ -16,15 +16,19 @@
 //! * `http_request_duration_seconds{method,route,status}`: latency histogram,
 //!   labelled by route template (never by raw path, to bound cardinality).
 
-use axum::extract::MatchedPath;
+mod striped;
+
+use std::sync::Arc;
+
 use impression_core::TrackOutcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use self::striped::{HistogramCollector, Labels, RequestLatency, StripedHistogram};
 
 use crate::storage::StoreGauges;
 
@@ -60,15 +64,8 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    method: &'static str,
-    route: &'static str,
-    status: u16,
-}
-
-/// Every route template, so a request's label is a static string: no
-/// allocation per request, and no label from a client-chosen path.
+/// Every route template, so a request's label is a static string, never
+/// one derived from a client-chosen path.
 const ROUTES: &[&str] = &[
     "/api/v1/impressions",
     "/api/v1/impressions/batch",
@@ -86,35 +83,96 @@ const ROUTES: &[&str] = &[
     "/docs/{*rest}",
 ];
 
-/// The route label of a request: its template, `other` for a template not
-/// listed, `unmatched` when no route matched.
-pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
-    matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()))
-        .copied()
-        .unwrap_or(if matched.is_some() {
-            "other"
-        } else {
-            "unmatched"
-        })
-}
-
-/// The method label of a request (non-standard methods share `OTHER`).
-pub fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+/// The route template a raw request path falls under, as axum's router
+/// would match it: `{id}` is one non-empty segment, `{*rest}` one or more.
+/// `None` for a path no route serves. The edge runs before the router, so
+/// it classifies the path itself; `every_route_template_classifies_as_itself`
+/// keeps this in step with [`ROUTES`].
+pub fn route_template(path: &str) -> Option<&'static str> {
+    // The tracking routes, by far the most requested, without splitting.
+    if let Some(exact) = ROUTES[..3].iter().find(|r| **r == path) {
+        return Some(exact);
     }
+    // At most five segments matter; a sixth means no route (but a catch-all).
+    let mut segments = path.strip_prefix('/')?.splitn(6, '/');
+    let mut next = || segments.next();
+    let parts = [next(), next(), next(), next(), next(), next()];
+    let id = |s: &str| !s.is_empty();
+    let template = match parts {
+        [Some("api"), Some("v1"), Some("impressions"), None, ..] => "/api/v1/impressions",
+        [
+            Some("api"),
+            Some("v1"),
+            Some("impressions"),
+            Some("batch"),
+            None,
+            _,
+        ] => "/api/v1/impressions/batch",
+        [
+            Some("api"),
+            Some("v1"),
+            Some("impressions"),
+            Some("pixel.gif"),
+            None,
+            _,
+        ] => "/api/v1/impressions/pixel.gif",
+        [Some("api"), Some("v1"), Some("campaigns"), None, ..] => "/api/v1/campaigns",
+        [Some("api"), Some("v1"), Some("campaigns"), Some(i), None, _] if id(i) => {
+            "/api/v1/campaigns/{id}"
+        }
+        [
+            Some("api"),
+            Some("v1"),
+            Some("campaigns"),
+            Some(i),
+            Some("stats"),
+            None,
+        ] if id(i) => "/api/v1/campaigns/{id}/stats",
+        [
+            Some("api"),
+            Some("v1"),
+            Some("campaigns"),
+            Some(i),
+            Some("timeseries"),
+            None,
+        ] if id(i) => "/api/v1/campaigns/{id}/timeseries",
+        [Some("healthz"), None, ..] => "/healthz",
+        [Some("readyz"), None, ..] => "/readyz",
+        [Some("metrics"), None, ..] => "/metrics",
+        [Some("openapi.json"), None, ..] => "/openapi.json",
+        [Some("docs"), None, ..] => "/docs",
+        [Some("docs"), Some(""), None, ..] => "/docs/",
+        [Some("docs"), Some(_), ..] => "/docs/{*rest}",
+        _ => return None,
+    };
+    Some(template)
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+/// Statuses the service answers; any other is labelled `other`.
+const STATUSES: &[(u16, &str)] = &[
+    (200, "200"),
+    (201, "201"),
+    (202, "202"),
+    (204, "204"),
+    (303, "303"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (409, "409"),
+    (413, "413"),
+    (415, "415"),
+    (431, "431"),
+    (500, "500"),
+    (503, "503"),
+];
+
+/// Batch size bucket bounds: 1 to 16,384, by fours.
+const BATCH_BOUNDS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
 
 /// The service's metrics and the registry that exposes them.
 pub struct Metrics {
@@ -124,11 +182,11 @@ pub struct Metrics {
     counted: Counter,
     duplicates: Counter,
     apply_failures: Counter,
-    batch_size: Histogram,
+    batch_size: Arc<StripedHistogram>,
     queue_depth: Gauge,
     live_keys: Gauge,
     campaigns: Gauge,
-    requests: HistogramFamily<RequestLabels>,
+    requests: Arc<RequestLatency>,
 }
 
 impl Default for Metrics {
@@ -140,10 +198,6 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric at zero.
     pub fn new() -> Self {
-        fn latency() -> Histogram {
-            // 50 µs .. ~3.3 s
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
-        }
         let m = Metrics {
             registry: Registry::default(),
             received: Counter::default(),
@@ -151,11 +205,15 @@ impl Metrics {
             counted: Counter::default(),
             duplicates: Counter::default(),
             apply_failures: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            batch_size: Arc::new(StripedHistogram::new(BATCH_BOUNDS)),
             queue_depth: Gauge::default(),
             live_keys: Gauge::default(),
             campaigns: Gauge::default(),
-            requests: Family::new_with_constructor(latency),
+            requests: Arc::new(RequestLatency::new(Labels {
+                routes: ROUTES,
+                methods: METHODS,
+                statuses: STATUSES,
+            })),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -183,11 +241,11 @@ impl Metrics {
             "Batches the storage backend failed to apply",
             m.apply_failures.clone(),
         );
-        registry.register(
+        registry.register_collector(Box::new(HistogramCollector::new(
             "ingest_batch_size",
             "Impressions per batch applied by a worker",
-            m.batch_size.clone(),
-        );
+            Arc::clone(&m.batch_size),
+        )));
         registry.register(
             "ingest_queue_depth",
             "Impressions waiting in the ingest queue",
@@ -199,11 +257,7 @@ impl Metrics {
             m.live_keys.clone(),
         );
         registry.register("campaigns", "Campaigns known", m.campaigns.clone());
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency by route template and status",
-            m.requests.clone(),
-        );
+        registry.register_collector(Box::new(Arc::clone(&m.requests)));
         Metrics { registry, ..m }
     }
 
@@ -269,24 +323,61 @@ impl Metrics {
         out
     }
 
-    /// One request finished with `status` after `seconds`.
-    pub fn observe_request(
-        &self,
-        method: &'static str,
-        route: &'static str,
-        status: u16,
-        seconds: f64,
-    ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                method,
-                route,
-                status,
-            })
-            .observe(seconds);
+    /// The route a request matched (its template, if any), as a label
+    /// index and its static name (`other`, `unmatched` when not listed).
+    pub fn request_route(&self, template: Option<&str>) -> (usize, &'static str) {
+        let index = self.requests.route_index(template);
+        (index, self.requests.route_name(index))
+    }
+
+    /// One request on route index `route` finished with `status` after
+    /// `seconds`.
+    pub fn observe_request(&self, route: usize, method: &str, status: u16, seconds: f64) {
+        let method = self.requests.method_index(method);
+        self.requests.observe(route, method, status, seconds);
     }
 }
 
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_template_classifies_as_itself() {
+        for template in ROUTES {
+            let path = template
+                .replace("{id}", "0190c4c2-6e4b-7c2a-9a4e-1f2e3d4c5b6a")
+                .replace("{*rest}", "swagger-ui.css");
+            assert_eq!(route_template(&path), Some(*template), "{path}");
+        }
+        assert_eq!(
+            route_template("/docs/a/b.js"),
+            Some("/docs/{*rest}"),
+            "a catch-all takes several segments"
+        );
+    }
+
+    #[test]
+    fn paths_no_route_serves_are_unmatched() {
+        for path in [
+            "",
+            "/",
+            "/api",
+            "/api/v1",
+            "/api/v1/campaigns/",
+            "/api/v1/campaigns//stats",
+            "/api/v1/campaigns/x/stats/more",
+            "/api/v1/impressions/",
+            "/API/v1/impressions",
+            "/healthz/",
+            "/metrics/x",
+            "healthz",
+        ] {
+            assert_eq!(route_template(path), None, "{path:?}");
+        }
+    }
 }
