@@ -57,7 +57,9 @@ impl Store for MemoryStore {
         batch: &[Impression],
         now: Timestamp,
     ) -> Result<Vec<TrackOutcome>, StoreError> {
-        Ok(self.engine.track_batch(batch, now))
+        Ok(super::off_runtime(batch.len(), || {
+            self.engine.track_batch(batch, now)
+        }))
     }
 
     async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError> {

@@ -545,7 +545,7 @@ impl Store for DiskStore {
         now: Timestamp,
     ) -> Result<Vec<TrackOutcome>, StoreError> {
         self.check_writable()?;
-        let (outcomes, offset) = {
+        let (outcomes, offset) = super::off_runtime(batch.len(), || {
             let mut w = self.writer.lock();
             let outcomes = self.engine.track_batch(batch, now);
             w.payload.clear();
@@ -572,8 +572,8 @@ impl Store for DiskStore {
             } else {
                 w.offset
             };
-            (outcomes, offset)
-        };
+            Ok::<_, StoreError>((outcomes, offset))
+        })?;
         self.durable(offset).await?;
         Ok(outcomes)
     }
