@@ -47,7 +47,7 @@
 //! marked superseded and dropped when it reaches the front.
 //!
 //! Memory per live key is one ring entry (24 bytes) plus one 8-byte slot at
-//! a load factor between 3/8 and 3/4: about 35–40 bytes, measured by the
+//! a load factor between about 3/8 and 3/4: about 35–45 bytes, measured by the
 //! `memory` benchmark.
 
 mod ring;
@@ -215,7 +215,13 @@ impl DedupIndex {
             // 64 for a single shard: `shard_of` treats that shift as 0.
             shard_shift: 64 - shards.trailing_zeros(),
             shards: (0..shards)
-                .map(|_| CacheAligned(Mutex::new(Shard::default())))
+                .map(|i| {
+                    CacheAligned(Mutex::new(Shard {
+                        // `i % 8` < 8: the cast cannot truncate.
+                        table: SlotTable::staggered((i % 8) as u8),
+                        ..Shard::default()
+                    }))
+                })
                 .collect(),
             live: CacheAligned(AtomicUsize::new(0)),
         }

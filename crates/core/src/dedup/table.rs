@@ -16,9 +16,10 @@
 //! ring's bounds, so expiring a key costs no cache miss at all; that halves
 //! the random memory traffic of a steady stream of new keys.
 //!
-//! Used slots (live and dead) stay at or below 3/4 of the table, where
-//! linear probing almost always ends within the first 64-byte line (8
-//! slots); past that the table is rehashed, dead slots dropped, and sized to
+//! Used slots (live and dead) stay at or below 5/8 to 27/32 of the table
+//! (3/4 on average; the threshold is staggered across shards, see
+//! [`SlotTable::staggered`]), where linear probing almost always ends within
+//! the first 64-byte line (8 slots); past that the table is rehashed, dead slots dropped, and sized to
 //! twice the live keys. A general-purpose table (hashbrown) keeps control
 //! bytes and buckets in separate arrays: one more cache miss per lookup, and
 //! deletions that must find the key, the difference that decides throughput
@@ -37,6 +38,8 @@ pub(super) struct SlotTable {
     slots: Vec<u64>,
     /// Slots not empty: live and dead.
     used: usize,
+    /// Shifts this table's growth threshold (see [`SlotTable::staggered`]).
+    stagger: u8,
 }
 
 /// 32 bits of a key's hash, with the top bit set (so no slot is ever 0).
@@ -56,6 +59,21 @@ fn pos_of(slot: u64) -> u32 {
 }
 
 impl SlotTable {
+    /// An empty table whose growth threshold is shifted by `stagger`
+    /// (0..8): it rebuilds once used slots pass (20 + stagger)/32 of it,
+    /// between 62.5% and 84.4% instead of all at 75%. Keys spread evenly
+    /// over the shards, so with one threshold every shard of an index
+    /// crossed it within the same few thousand inserts and all rebuilt at
+    /// once: one long pause for the workers and, through the memory bus and
+    /// page faults, a tail for every request. Staggered, the rebuilds of a
+    /// doubling spread over about a third of it.
+    pub(super) fn staggered(stagger: u8) -> Self {
+        SlotTable {
+            stagger: stagger % 8,
+            ..SlotTable::default()
+        }
+    }
+
     #[cfg(test)]
     pub(super) fn capacity(&self) -> usize {
         self.slots.len()
@@ -150,14 +168,15 @@ impl SlotTable {
         }
     }
 
-    /// Rehashes when used slots pass 3/4 of the table, or live keys fall
+    /// Rehashes when used slots pass the threshold (about 3/4 of the
+    /// table, see [`SlotTable::staggered`]), or live keys fall
     /// below 1/8 of a large one: dead slots are dropped and the table sized
     /// to twice the live keys (`live`). `is_current(hash, pos)` tells a slot
     /// worth keeping; it reads the ring, which is fine for an operation this
     /// rare (amortized over the inserts or expiries that led to it).
     pub(super) fn rehash_if_needed(&mut self, live: usize, is_current: impl Fn(u32, u32) -> bool) {
         let cap = self.slots.len();
-        let crowded = self.used * 4 > cap * 3;
+        let crowded = self.used * 32 > cap * (20 + usize::from(self.stagger));
         let sparse = cap > KEEP_SLOTS && live * 8 < cap;
         if !(crowded || sparse) {
             return;
