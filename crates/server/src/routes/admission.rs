@@ -199,11 +199,9 @@ pub fn reject_reason(e: &ApiError) -> RejectReason {
     }
 }
 
-/// Hands admitted impressions on: applied right here when the store applies
-/// small requests inline (the embedded store), queued for the workers
-/// otherwise. Returns their outcomes when the caller asked to wait or the
-/// backend acknowledges only after writing, `None` otherwise (queued, or
-/// already applied, is enough).
+/// Queues admitted impressions. Returns their outcomes when the caller asked
+/// to wait or the backend acknowledges only after writing, `None` otherwise
+/// (queued is enough).
 pub async fn enqueue(
     app: &AppState,
     impressions: Vec<Impression>,
