@@ -17,7 +17,6 @@ use tokio::sync::oneshot;
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::RejectReason;
-use crate::storage::OFF_RUNTIME_MIN_BATCH;
 use crate::timefmt::{format_rfc3339, parse_rfc3339};
 
 /// An event time as a client may send it.
@@ -207,15 +206,6 @@ pub async fn enqueue(
     impressions: Vec<Impression>,
     wait: bool,
 ) -> Result<Option<Vec<TrackOutcome>>, ApiError> {
-    if app.store.applies_inline() && impressions.len() < OFF_RUNTIME_MIN_BATCH {
-        // The embedded store: counting one impression takes ~100 ns, far
-        // less than handing it to a worker (queue permit, channel, waking a
-        // task on another thread). Applied here, it is counted before the
-        // answer, and a request cannot outlive its impression on shutdown.
-        let outcomes = app.store.apply(&impressions, app.clock.now()).await?;
-        app.metrics.batch_applied(&outcomes);
-        return Ok(wait.then_some(outcomes));
-    }
     if !(wait || app.store.acknowledges_after_apply()) {
         app.queue.submit(impressions, None).await?;
         return Ok(None);

@@ -96,10 +96,6 @@ impl Store for MemoryStore {
         false
     }
 
-    fn applies_inline(&self) -> bool {
-        true
-    }
-
     fn live_keys_estimate(&self) -> Option<u64> {
         Some(self.engine.live_dedup_keys_estimate() as u64)
     }

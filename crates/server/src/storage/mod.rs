@@ -134,14 +134,6 @@ pub trait Store: Send + Sync + 'static {
     /// returned for its batch (durable backends), rather than once queued.
     fn acknowledges_after_apply(&self) -> bool;
 
-    /// Whether a small batch is best applied right in the request's handler
-    /// instead of through the ingest queue: true for a store whose `apply`
-    /// is a short in-memory update with nothing to batch (no log write, no
-    /// round trip), where the hand-off to a worker costs more than the work.
-    fn applies_inline(&self) -> bool {
-        false
-    }
-
     /// Sizes for the metrics endpoint.
     fn gauges(&self) -> StoreGauges;
 
