@@ -44,9 +44,12 @@ pub const OFF_RUNTIME_MIN_BATCH: usize = 256;
 /// every stats read and acknowledgement waited behind them. Small batches
 /// run in place: handing off costs more than they take.
 pub fn off_runtime<R>(len: usize, work: impl FnOnce() -> R) -> R {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread && len >= OFF_RUNTIME_MIN_BATCH {
+    // Length first: the single-impression path skips the runtime lookup.
+    let multi_thread = || {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    if len >= OFF_RUNTIME_MIN_BATCH && multi_thread() {
         tokio::task::block_in_place(work)
     } else {
         work()
