@@ -190,3 +190,27 @@ fn stats_read(bencher: Bencher, counted: u64) {
     assert_eq!(stats.total, counted);
     bencher.bench_local(|| engine.stats(divan::black_box(id), now));
 }
+
+/// New keys (as in `track_new_keys`, 1M live) in the small batches a worker
+/// makes of single-impression requests: up to 16 impressions are tracked one
+/// at a time, from 17 on the batch is grouped by shard and campaign. Where
+/// the two cost the same per impression is where the engine switches.
+#[divan::bench(args = [1, 4, 8, 16, 17, 24, 32, 64], sample_count = 40, sample_size = 200)]
+fn track_small_batches(bencher: Bencher, size: usize) {
+    let live = 1_000_000;
+    let engine = steady_engine(live);
+    let next = Cell::new(live as u64);
+    bencher
+        .counter(ItemsCount::new(size))
+        .with_inputs(|| {
+            let start = next.get();
+            next.set(start + size as u64);
+            (start..start + size as u64)
+                .map(|k| impression(k, steady_time(k)))
+                .collect::<Vec<_>>()
+        })
+        .bench_local_refs(|batch| {
+            let now = batch[batch.len() - 1].timestamp;
+            engine.track_batch(batch, now)
+        });
+}
