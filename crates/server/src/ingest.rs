@@ -17,7 +17,11 @@
 //! * [`Workers`] take up to 64 jobs at a time and apply their impressions in
 //!   chunks of at most [`MAX_WORKER_BATCH`], so a busy queue turns into large
 //!   batches, an idle one into batches of one with no added latency, and no
-//!   chunk keeps a runtime thread busy for long.
+//!   chunk keeps a runtime thread busy for long. A worker woken by one job
+//!   lets the other ready tasks of its thread run once before it takes the
+//!   queue's contents, so single-impression requests arriving together are
+//!   applied together (see `gather_more`). The room of a turn's jobs goes
+//!   back to the queue at once, after they were applied and answered.
 //!
 //! Shutdown drains: [`Workers::drain`] closes the queue to new jobs, applies
 //! everything already in it, and only then returns, so nothing that was
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impression_core::{Clock, Impression, TrackOutcome};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -45,9 +49,9 @@ const MAX_JOBS_PER_TURN: usize = 64;
 struct Job {
     impressions: Vec<Impression>,
     completion: Option<Completion>,
-    /// The job's room in the queue, given back when the job is dropped
-    /// after it was applied.
-    _room: OwnedSemaphorePermit,
+    /// Units of queue room the job holds, given back by the worker once a
+    /// turn's jobs were applied.
+    room: u32,
 }
 
 /// Why impressions could not be queued.
@@ -79,21 +83,25 @@ impl std::fmt::Debug for Job {
 }
 
 /// The receiving end of an [`IngestQueue`], for [`Workers::spawn`].
-pub struct QueueReceiver(mpsc::UnboundedReceiver<Job>);
+pub struct QueueReceiver {
+    rx: mpsc::UnboundedReceiver<Job>,
+    room: Arc<Semaphore>,
+}
 
 impl IngestQueue {
     /// A queue holding at most `capacity` impressions, and its receiving end.
     pub fn new(capacity: usize, enqueue_timeout: Duration) -> (Self, QueueReceiver) {
         let capacity = u32::try_from(capacity.max(1)).unwrap_or(u32::MAX);
         let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(capacity as usize));
         (
             IngestQueue {
                 tx,
-                room: Arc::new(Semaphore::new(capacity as usize)),
+                room: Arc::clone(&room),
                 capacity,
                 enqueue_timeout,
             },
-            QueueReceiver(rx),
+            QueueReceiver { rx, room },
         )
     }
 
@@ -107,25 +115,32 @@ impl IngestQueue {
         let wanted = u32::try_from(impressions.len())
             .unwrap_or(u32::MAX)
             .clamp(1, self.capacity);
-        let room = match Arc::clone(&self.room).try_acquire_many_owned(wanted) {
-            Ok(room) => room,
+        // The permits are forgotten, not held: the worker gives a whole
+        // turn's room back at once (`Semaphore::add_permits` takes the
+        // waiters' lock, which once per job would be a second write to
+        // shared state on every request).
+        match self.room.try_acquire_many(wanted) {
+            Ok(room) => room.forget(),
             Err(TryAcquireError::Closed) => return Err(SubmitError::Closed),
             Err(TryAcquireError::NoPermits) => {
-                let waiting = Arc::clone(&self.room).acquire_many_owned(wanted);
+                let waiting = self.room.acquire_many(wanted);
                 match tokio::time::timeout(self.enqueue_timeout, waiting).await {
-                    Ok(Ok(room)) => room,
+                    Ok(Ok(room)) => room.forget(),
                     Ok(Err(_)) => return Err(SubmitError::Closed),
                     Err(_) => return Err(SubmitError::Full),
                 }
             }
-        };
+        }
         self.tx
             .send(Job {
                 impressions,
                 completion,
-                _room: room,
+                room: wanted,
             })
-            .map_err(|_| SubmitError::Closed)
+            .map_err(|e| {
+                self.room.add_permits(e.0.room as usize);
+                SubmitError::Closed
+            })
     }
 
     /// Impressions queued or being applied now.
@@ -143,6 +158,7 @@ pub struct Workers {
 /// What a worker needs, shared by all of them.
 struct WorkerContext {
     rx: Mutex<mpsc::UnboundedReceiver<Job>>,
+    room: Arc<Semaphore>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -160,7 +176,8 @@ impl Workers {
     ) -> Self {
         let stop = CancellationToken::new();
         let ctx = Arc::new(WorkerContext {
-            rx: Mutex::new(rx.0),
+            rx: Mutex::new(rx.rx),
+            room: rx.room,
             store,
             clock,
             metrics,
@@ -190,7 +207,7 @@ async fn run_worker(ctx: Arc<WorkerContext>) {
         // One worker at a time waits on the queue; the others apply batches.
         let received = {
             let mut rx = ctx.rx.lock().await;
-            tokio::select! {
+            let received = tokio::select! {
                 biased;
                 n = rx.recv_many(&mut jobs, MAX_JOBS_PER_TURN) => n,
                 () = ctx.stop.cancelled() => {
@@ -198,12 +215,54 @@ async fn run_worker(ctx: Arc<WorkerContext>) {
                     rx.close();
                     rx.recv_many(&mut jobs, MAX_JOBS_PER_TURN).await
                 }
+            };
+            if received > 0 && received < MAX_JOBS_PER_TURN {
+                gather_more(&mut rx, &mut jobs).await;
             }
+            received
         };
         if received == 0 {
             return; // closed and empty
         }
+        let room = RoomBack {
+            room: &ctx.room,
+            units: jobs.iter().map(|j| j.room as usize).sum(),
+        };
         apply_jobs(&ctx, &mut jobs).await;
+        drop(room);
+    }
+}
+
+/// Lets the other tasks of this runtime thread run once, then takes what
+/// they queued meanwhile into the same turn.
+///
+/// Under load, single-impression requests arrive one job each; a worker
+/// woken by the first would otherwise make a turn (and a wake-up, a batch,
+/// a lock of each dedup shard and campaign it touches) for nearly every
+/// request. tokio runs a yielded task again only after the thread's other
+/// ready tasks (each request ready on its connections), so this costs no
+/// more than one round of the scheduler in latency, and at low load, where
+/// nothing else is ready, nothing at all.
+async fn gather_more(rx: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>) {
+    tokio::task::yield_now().await;
+    while jobs.len() < MAX_JOBS_PER_TURN {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Gives a turn's queue room back when dropped: once the turn's jobs were
+/// answered, or if the worker unwinds.
+struct RoomBack<'a> {
+    room: &'a Semaphore,
+    units: usize,
+}
+
+impl Drop for RoomBack<'_> {
+    fn drop(&mut self) {
+        self.room.add_permits(self.units);
     }
 }
 

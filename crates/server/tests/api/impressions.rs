@@ -187,6 +187,15 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() 
         app.counts(&c).await.2 == accepted
     })
     .await;
+    // Applied impressions give their room back: the queue takes more again.
+    for i in 0..10 {
+        let response = app.track(&c, &format!("after{i}"), "a").await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "after {i}");
+        eventually(Duration::from_secs(5), || async {
+            app.counts(&c).await.2 == accepted + i + 1
+        })
+        .await;
+    }
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"impressions_rejected_total{reason="queue_full"} 1"#),
