@@ -28,7 +28,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use self::striped::{HistogramCollector, Labels, RequestLatency, StripedHistogram};
+use self::striped::{
+    CounterCollector, HistogramCollector, Labels, RequestLatency, StripedCounter, StripedHistogram,
+};
 
 use crate::storage::StoreGauges;
 
@@ -87,7 +89,7 @@ const ROUTES: &[&str] = &[
 /// would match it: `{id}` is one non-empty segment, `{*rest}` one or more.
 /// `None` for a path no route serves. The edge runs before the router, so
 /// it classifies the path itself; `every_route_template_classifies_as_itself`
-/// keeps this in step with [`ROUTES`].
+/// keeps this in step with `ROUTES`.
 pub fn route_template(path: &str) -> Option<&'static str> {
     // The tracking routes, by far the most requested, without splitting.
     if let Some(exact) = ROUTES[..3].iter().find(|r| **r == path) {
@@ -177,7 +179,8 @@ const BATCH_BOUNDS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 1638
 /// The service's metrics and the registry that exposes them.
 pub struct Metrics {
     registry: Registry,
-    received: Counter,
+    /// Striped: incremented by every track request, on every core.
+    received: Arc<StripedCounter>,
     rejected: Family<ReasonLabel, Counter>,
     counted: Counter,
     duplicates: Counter,
@@ -200,7 +203,7 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Metrics {
             registry: Registry::default(),
-            received: Counter::default(),
+            received: Arc::new(StripedCounter::default()),
             rejected: Family::default(),
             counted: Counter::default(),
             duplicates: Counter::default(),
@@ -216,11 +219,11 @@ impl Metrics {
             })),
         };
         let mut registry = Registry::default();
-        registry.register(
+        registry.register_collector(Box::new(CounterCollector::new(
             "impressions_received",
             "Impressions submitted for tracking, valid or not",
-            m.received.clone(),
-        );
+            Arc::clone(&m.received),
+        )));
         registry.register(
             "impressions_rejected",
             "Impressions refused before counting, by reason",

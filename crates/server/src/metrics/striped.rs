@@ -6,7 +6,8 @@
 //! [`StripedHistogram`] keeps 16 copies of its counters, each on its own
 //! cache lines; a thread always adds to "its" stripe (chosen once, round
 //! robin), so observations from different threads never touch the same
-//! line. A scrape sums the stripes. [`RequestLatency`] finds a request's
+//! line. A scrape sums the stripes. [`StripedCounter`] does the same for a
+//! counter incremented on every request. [`RequestLatency`] finds a request's
 //! histogram by index (route, method, status), with no map and no lock.
 
 use std::sync::OnceLock;
@@ -91,6 +92,76 @@ impl StripedHistogram {
             sum_nanos = sum_nanos.wrapping_add(stripe.sum_nanos.load(Ordering::Relaxed));
         }
         (sum_nanos as f64 / 1e9, count, buckets)
+    }
+}
+
+/// A counter whose increments from different threads never contend: one
+/// cell per stripe, on its own cache lines; a scrape sums them.
+pub struct StripedCounter {
+    cells: Box<[Cell]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Cell(AtomicU64);
+
+impl Default for StripedCounter {
+    fn default() -> Self {
+        StripedCounter {
+            cells: (0..STRIPES).map(|_| Cell::default()).collect(),
+        }
+    }
+}
+
+impl StripedCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.cells[stripe_index()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The total so far.
+    pub fn get(&self) -> u64 {
+        self.cells
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(c.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Exports one striped counter as a Prometheus counter (`<name>_total`).
+pub struct CounterCollector {
+    name: &'static str,
+    help: &'static str,
+    counter: std::sync::Arc<StripedCounter>,
+}
+
+impl CounterCollector {
+    /// A collector for `counter`.
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        counter: std::sync::Arc<StripedCounter>,
+    ) -> Self {
+        CounterCollector {
+            name,
+            help,
+            counter,
+        }
+    }
+}
+
+impl std::fmt::Debug for CounterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterCollector")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Collector for CounterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
+        metric.encode_counter::<NoLabelSet, _, u64>(&self.counter.get(), None)
     }
 }
 
@@ -277,6 +348,21 @@ impl Collector for RequestLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn increments_from_many_threads_all_count() {
+        let c = std::sync::Arc::new(StripedCounter::default());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = std::sync::Arc::clone(&c);
+                std::thread::spawn(move || (0..1000).for_each(|_| c.inc()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(c.get(), 8000);
+    }
 
     #[test]
     fn observations_from_many_threads_all_count() {
