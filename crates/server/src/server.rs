@@ -1,11 +1,11 @@
 //! Serving HTTP: the accept loop, connection limits and timeouts, and
 //! graceful shutdown.
 //!
-//! This is what `axum::serve` does, plus what it cannot be told: hyper's
-//! connection builder is configured here for header read timeouts (which also
-//! close idle keep-alive connections, and connections that never send a
-//! byte) and a hard cap on header bytes, and the loop enforces
-//! `MAX_CONNECTIONS`. HTTP/1.1 only: load balancers speak it to backends, and
+//! This is what `axum::serve` does, plus what it cannot be told: each
+//! connection is closed once it has waited `HEADER_READ_TIMEOUT` for a
+//! request (headers trickling in, an idle keep-alive connection, one that
+//! never sends a byte; see [`IdleWatch`](crate::edge::IdleWatch)), hyper's read buffer has a hard
+//! cap on header bytes, and the loop enforces `MAX_CONNECTIONS`. HTTP/1.1 only: load balancers speak it to backends, and
 //! sniffing for cleartext HTTP/2 would let a silent connection sit outside
 //! every timeout. A connection over the limit is still
 //! accepted, answered once with the JSON 503 and closed, so clients learn why
@@ -53,9 +53,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut builder = http1::Builder::new();
+    // hyper's own header read timeout (on by default, 30 s) is off: each
+    // connection's `IdleWatch` does its job with one timer per connection
+    // instead of one per request.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_buf_bytes.max(8192));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -79,11 +82,20 @@ pub async fn serve(
         let io = TokioIo::new(stream);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let service = TowerToHyperService::new(app.clone());
-                let conn = graceful.watch(builder.serve_connection(io, service));
+                let (service, idle) = app.connection();
+                let conn =
+                    graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
+                let idle = idle.spawn(limits.header_read_timeout);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tokio::select! {
+                        ended = conn => {
+                            if let Err(e) = ended {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        }
+                        Ok(()) = idle => {
+                            tracing::debug!(%peer, "closing a connection that sent no request in time");
+                        }
                     }
                     drop(slot);
                 });

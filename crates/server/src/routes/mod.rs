@@ -180,7 +180,7 @@ impl Deref for AppState {
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let tracking = Router::new()
-        .route("/api/v1/impressions", post(impressions::track_impression))
+        .route(impressions::ROUTE, post(impressions::track_impression))
         .route(
             "/api/v1/impressions/batch",
             post(batch::track_batch).layer(DefaultBodyLimit::max(settings.batch_max_bytes)),
@@ -225,7 +225,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// What the server serves: [`router`] behind the [`edge`] (limits, CORS,
+/// What the server serves: [`router`] behind the [edge](crate::edge) (limits, CORS,
 /// shedding, request metrics, the default body limit).
 ///
 /// The edge wraps the router once instead of being one of its layers:
@@ -233,7 +233,7 @@ pub fn router(state: AppState) -> Router {
 /// request, which under callgrind cost about as much as the handler's own
 /// work on the single-impression path (see BENCHMARKS.md).
 pub fn app(state: AppState) -> WithEdge {
-    let edge = Edge::new(&state.settings, Arc::clone(&state.metrics));
+    let edge = Edge::new(state.clone());
     WithEdge::new(edge, router(state))
 }
 

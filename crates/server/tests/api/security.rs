@@ -270,6 +270,35 @@ async fn slow_headers_and_idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_request_longer_than_the_header_timeout_is_answered_then_the_idle_connection_closed() {
+    // The header timeout bounds waiting for a request, not serving one: a
+    // `?wait=true` request held at the store for three times the timeout
+    // still gets its answer on the same connection, which is closed only
+    // once it has then sat idle.
+    let config = config(&["--header-read-timeout", "300ms", "--storage", "memory"]);
+    let (store, gate) = GatedStore::new(&config);
+    let app = spawn_app_on(config, store).await;
+    let c = app.create_campaign("c").await;
+    let mut stream = raw(&app).await;
+    let body = json!({ "campaign_id": c, "user_id": "u", "ad_id": "a" }).to_string();
+    let request = format!(
+        "POST /api/v1/impressions?wait=true HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    gate.send(true).unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#"{"status":"counted"}"#), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed by the server once idle"
+    );
+}
+
+#[tokio::test]
 async fn requests_beyond_max_in_flight_are_shed_with_503() {
     let config = config(&["--max-in-flight", "2", "--storage", "memory"]);
     let (store, gate) = GatedStore::new(&config);
