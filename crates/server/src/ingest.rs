@@ -284,13 +284,11 @@ async fn apply_jobs(ctx: &WorkerContext, jobs: &mut Vec<Job>) {
     for job in jobs.iter_mut().skip(1) {
         all.append(&mut job.impressions);
     }
-    for (i, chunk) in all.chunks(MAX_WORKER_BATCH).enumerate() {
-        if i > 0 {
-            // Let requests on this runtime thread run between chunks (not
-            // after the last: at low load a turn is one small chunk, and a
-            // yield would schedule the worker once more for nothing).
-            tokio::task::yield_now().await;
-        }
+    // No yield between chunks: a chunk large enough to hold up the runtime
+    // thread is applied on a bulk thread while another thread takes over
+    // this one's tasks (see `crate::bulk`), and a yield would let the turn
+    // wait behind every ready request.
+    for chunk in all.chunks(MAX_WORKER_BATCH) {
         match ctx.store.apply(chunk, ctx.clock.now()).await {
             Ok(applied) => {
                 ctx.metrics.batch_applied(&applied);

@@ -12,6 +12,7 @@
 //! * [`routes`]: one module per resource; the router and shared state.
 //! * [`error`]: the one JSON error shape and every mapping into it.
 //! * [`ingest`]: the queue, the workers and their drain on shutdown.
+//! * [`bulk`]: low-priority threads for large batches, so reads come first.
 //! * [`storage`]: the batch-shaped backend seam; [`storage::memory`] is the
 //!   embedded engine.
 //! * [`auth`]: API keys for the management endpoints.
@@ -23,6 +24,7 @@
 //! * [`telemetry`], [`shutdown`], [`timefmt`]: logs, signals, RFC 3339.
 
 pub mod auth;
+pub mod bulk;
 pub mod config;
 pub mod edge;
 pub mod error;

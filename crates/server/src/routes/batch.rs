@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use impression_core::{Impression, TrackOutcome};
+use impression_core::{Impression, Timestamp, TrackOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -27,6 +27,7 @@ use utoipa::openapi::{Ref, RefOr};
 use super::AppState;
 use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
 use super::impressions::{TrackImpressionRequest, TrackParams};
+use crate::bulk::{self, Bulk};
 use crate::error::{ApiError, ApiQuery, ErrorBody};
 
 /// One refused item of a batch.
@@ -140,60 +141,18 @@ pub async fn track_batch(
         )),
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let items = split_raw(&body, format)?;
-    let max = app.settings.batch_max_items;
-    if items.len() > max {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the batch holds {} impressions; at most {max} per request",
-            items.len()
-        )));
-    }
-    if items.is_empty() {
-        return Err(ApiError::BadRequest(
-            "the batch holds no impressions".into(),
-        ));
-    }
-
-    let mut admission = Admission::new(&app, received_at);
-    let mut valid: Vec<Impression> = Vec::with_capacity(items.len());
-    let mut valid_index: Vec<usize> = Vec::with_capacity(items.len());
-    let mut rejected: Vec<RejectedItem> = Vec::new();
-    for (index, raw) in items.into_iter().enumerate() {
-        // A batch is thousands of items of CPU work: give the runtime thread
-        // back now and then, so a stats read queued behind it is not kept
-        // waiting for the whole batch.
-        if index % 256 == 255 {
-            tokio::task::yield_now().await;
-        }
-        app.metrics.impression_received();
-        let admitted = match parse_item(index, raw) {
-            Ok(req) => {
-                admission
-                    .admit(
-                        &req.campaign_id,
-                        req.ad_id,
-                        req.user_id,
-                        req.timestamp.as_deref().map(EventTime::Rfc3339),
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match admitted {
-            Ok(impression) => {
-                valid.push(impression);
-                valid_index.push(index);
-            }
-            Err(e) => {
-                app.metrics.impression_rejected(reject_reason(&e));
-                rejected.push(RejectedItem {
-                    index,
-                    code: e.status().as_u16(),
-                    error: e.to_string(),
-                });
-            }
-        }
-    }
+    // A large body is parsed on a bulk thread: thousands of items of CPU
+    // work that would otherwise hold up the requests queued behind it.
+    let Admitted {
+        valid,
+        valid_index,
+        mut rejected,
+    } = bulk::run_async(
+        Bulk::Parse,
+        bulk::is_large_body(body.len()),
+        admit_all(&app, &body, format, received_at),
+    )
+    .await?;
 
     let accepted = valid.len();
     let campaign_of: Vec<_> = valid.iter().map(|i| i.campaign_id).collect();
@@ -235,6 +194,79 @@ pub async fn track_batch(
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
     }
+}
+
+/// A batch's items, admitted or refused.
+struct Admitted {
+    valid: Vec<Impression>,
+    /// The batch index of each valid impression.
+    valid_index: Vec<usize>,
+    rejected: Vec<RejectedItem>,
+}
+
+/// Splits and parses the body and admits its items one by one.
+async fn admit_all(
+    app: &AppState,
+    body: &[u8],
+    format: Format,
+    received_at: Timestamp,
+) -> Result<Admitted, ApiError> {
+    let items = split_raw(body, format)?;
+    let max = app.settings.batch_max_items;
+    if items.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch holds {} impressions; at most {max} per request",
+            items.len()
+        )));
+    }
+    if items.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the batch holds no impressions".into(),
+        ));
+    }
+
+    let mut admission = Admission::new(app, received_at);
+    let mut admitted = Admitted {
+        valid: Vec::with_capacity(items.len()),
+        valid_index: Vec::with_capacity(items.len()),
+        rejected: Vec::new(),
+    };
+    for (index, raw) in items.into_iter().enumerate() {
+        // A large batch is parsed on a bulk thread, but any batch may be
+        // large in items: give the thread back now and then.
+        if index % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+        app.metrics.impression_received();
+        let result = match parse_item(index, raw) {
+            Ok(req) => {
+                admission
+                    .admit(
+                        &req.campaign_id,
+                        req.ad_id,
+                        req.user_id,
+                        req.timestamp.as_deref().map(EventTime::Rfc3339),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(impression) => {
+                admitted.valid.push(impression);
+                admitted.valid_index.push(index);
+            }
+            Err(e) => {
+                app.metrics.impression_rejected(reject_reason(&e));
+                admitted.rejected.push(RejectedItem {
+                    index,
+                    code: e.status().as_u16(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(admitted)
 }
 
 fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {

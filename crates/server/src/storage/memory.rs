@@ -1,7 +1,8 @@
 //! The embedded in-memory backend: the core [`Engine`] as a [`Store`].
 //!
 //! Everything is lost when the process exits. Operations are CPU work of a
-//! few microseconds per batch, so they run inline on the calling task.
+//! few microseconds per batch, so they run inline on the calling task, but
+//! for large batches, which go to the [bulk](crate::bulk) threads.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use impression_core::{
 };
 
 use super::{Store, StoreError, StoreGauges};
+use crate::bulk::{self, Bulk};
 
 /// The embedded engine, shared by every handler and worker.
 pub struct MemoryStore {
@@ -57,7 +59,8 @@ impl Store for MemoryStore {
         batch: &[Impression],
         now: Timestamp,
     ) -> Result<Vec<TrackOutcome>, StoreError> {
-        Ok(super::off_runtime(batch.len(), || {
+        let large = bulk::is_large_batch(batch.len());
+        Ok(bulk::run(Bulk::Apply, large, || {
             self.engine.track_batch(batch, now)
         }))
     }

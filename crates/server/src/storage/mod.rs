@@ -30,32 +30,6 @@ use impression_core::{
 };
 use thiserror::Error;
 
-/// Batches at least this large are applied off the async runtime's threads
-/// (see [`off_runtime`]).
-pub const OFF_RUNTIME_MIN_BATCH: usize = 256;
-
-/// Runs `work`, CPU-bound work on a batch of `len` impressions (engine
-/// updates, an index rehash, a log write), so that it does not hold up the
-/// runtime: on a multi-threaded runtime a batch of at least
-/// [`OFF_RUNTIME_MIN_BATCH`] runs under [`tokio::task::block_in_place`],
-/// which hands this thread's queue of tasks to another thread first. Without
-/// it, two workers applying large batches (or growing the dedup index) held
-/// both runtime threads of a 2-core machine for hundreds of milliseconds, and
-/// every stats read and acknowledgement waited behind them. Small batches
-/// run in place: handing off costs more than they take.
-pub fn off_runtime<R>(len: usize, work: impl FnOnce() -> R) -> R {
-    // Length first: the single-impression path skips the runtime lookup.
-    let multi_thread = || {
-        tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-    };
-    if len >= OFF_RUNTIME_MIN_BATCH && multi_thread() {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
-}
-
 /// Why a storage operation failed.
 #[derive(Clone, Debug, Error)]
 pub enum StoreError {
@@ -181,49 +155,5 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Stor
             Ok(Arc::new(store))
         }
         StorageKind::Redis => Ok(Arc::new(redis::RedisStore::open(config).await?)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The thread a closure ran on.
-    fn ran_on() -> std::thread::ThreadId {
-        std::thread::current().id()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn large_batches_leave_the_runtime_free_for_other_tasks() {
-        // One runtime thread. The batch blocks on it until another task has
-        // run, which can only happen if the blocked thread handed its queue
-        // of tasks over to a new thread.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let batch = tokio::spawn(async move {
-            off_runtime(OFF_RUNTIME_MIN_BATCH, || {
-                rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok()
-            })
-        });
-        tokio::task::yield_now().await;
-        let other = tokio::spawn(async move { tx.send(()).is_ok() });
-        assert!(
-            batch.await.unwrap_or(false),
-            "no other task ran while the batch blocked"
-        );
-        assert!(other.await.unwrap_or(false));
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn on_a_current_thread_runtime_work_runs_in_place() {
-        // block_in_place would panic here; off_runtime must not call it.
-        let here = ran_on();
-        assert_eq!(off_runtime(OFF_RUNTIME_MIN_BATCH * 4, ran_on), here);
-    }
-
-    #[test]
-    fn small_batches_and_plain_threads_run_in_place() {
-        let here = ran_on();
-        assert_eq!(off_runtime(1, ran_on), here);
-        assert_eq!(off_runtime(OFF_RUNTIME_MIN_BATCH, ran_on), here);
     }
 }

@@ -62,6 +62,7 @@ use self::layout::{LOG_MAGIC, Listing, segment_path, snapshot_path};
 use self::record::LogRecord;
 use self::sync::Syncer;
 use super::{Store, StoreError, StoreGauges};
+use crate::bulk::{self, Bulk};
 use crate::config::FsyncPolicy;
 
 /// Why the data directory could not be used.
@@ -508,6 +509,46 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+impl DiskStore {
+    /// The CPU part of applying a batch: the engine decides, and the counted
+    /// impressions are appended to the log (written, not yet synced).
+    /// Returns the outcomes and the log offset that must be durable before
+    /// they may be acknowledged.
+    fn count_and_log(
+        &self,
+        batch: &[Impression],
+        now: Timestamp,
+    ) -> Result<(Vec<TrackOutcome>, u64), StoreError> {
+        let mut w = self.writer.lock();
+        let outcomes = self.engine.track_batch(batch, now);
+        w.payload.clear();
+        record::begin_counted(&mut w.payload);
+        let scope = self.engine.config().scope;
+        let mut counted = 0;
+        for (imp, outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == TrackOutcome::Counted {
+                let fp = Fingerprint::of(&imp.campaign_id, &imp.ad_id, &imp.user_id, scope);
+                record::push_counted(
+                    &mut w.payload,
+                    &imp.campaign_id,
+                    &imp.ad_id,
+                    fp,
+                    imp.timestamp,
+                );
+                counted += 1;
+            }
+        }
+        // Even a batch of duplicates waits for what it was judged
+        // against: the earlier counted impressions must be durable too.
+        let offset = if counted > 0 {
+            self.append(&mut w).map_err(|e| self.fail(e))?
+        } else {
+            w.offset
+        };
+        Ok((outcomes, offset))
+    }
+}
+
 #[async_trait]
 impl Store for DiskStore {
     async fn create_campaign(&self, campaign: Campaign) -> Result<Arc<Campaign>, StoreError> {
@@ -545,35 +586,9 @@ impl Store for DiskStore {
         now: Timestamp,
     ) -> Result<Vec<TrackOutcome>, StoreError> {
         self.check_writable()?;
-        let (outcomes, offset) = super::off_runtime(batch.len(), || {
-            let mut w = self.writer.lock();
-            let outcomes = self.engine.track_batch(batch, now);
-            w.payload.clear();
-            record::begin_counted(&mut w.payload);
-            let scope = self.engine.config().scope;
-            let mut counted = 0;
-            for (imp, outcome) in batch.iter().zip(&outcomes) {
-                if *outcome == TrackOutcome::Counted {
-                    let fp = Fingerprint::of(&imp.campaign_id, &imp.ad_id, &imp.user_id, scope);
-                    record::push_counted(
-                        &mut w.payload,
-                        &imp.campaign_id,
-                        &imp.ad_id,
-                        fp,
-                        imp.timestamp,
-                    );
-                    counted += 1;
-                }
-            }
-            // Even a batch of duplicates waits for what it was judged
-            // against: the earlier counted impressions must be durable too.
-            let offset = if counted > 0 {
-                self.append(&mut w).map_err(|e| self.fail(e))?
-            } else {
-                w.offset
-            };
-            Ok::<_, StoreError>((outcomes, offset))
-        })?;
+        let large = bulk::is_large_batch(batch.len());
+        let (outcomes, offset) = bulk::run(Bulk::Apply, large, || self.count_and_log(batch, now))?;
+        // Waiting for the disk is not bulk work: it happens here.
         self.durable(offset).await?;
         Ok(outcomes)
     }
