@@ -40,6 +40,9 @@ pub(super) struct SlotTable {
     used: usize,
     /// Shifts this table's growth threshold (see [`SlotTable::staggered`]).
     stagger: u8,
+    /// The kept slots of one cluster during [`SlotTable::compact`], kept
+    /// for the next (it grows to the longest cluster, a few dozen slots).
+    scratch: Vec<u64>,
 }
 
 /// 32 bits of a key's hash, with the top bit set (so no slot is ever 0).
@@ -188,6 +191,9 @@ impl SlotTable {
     /// Moves the slots `keep(hash, pos)` accepts into a table of `size`.
     fn rebuild(&mut self, size: usize, keep: impl Fn(u32, u32) -> bool) {
         let size = size.clamp(MIN_SLOTS, MAX_SLOTS);
+        if size == self.slots.len() && self.compact(&keep) {
+            return;
+        }
         let old = std::mem::replace(&mut self.slots, vec![0; size]);
         self.used = 0;
         let mask = self.mask();
@@ -202,6 +208,59 @@ impl SlotTable {
             self.slots[i] = s;
             self.used += 1;
         }
+    }
+
+    /// Drops the slots `keep(hash, pos)` rejects without a new table: the
+    /// steady state of a shard (as many keys expiring as arriving) rebuilds
+    /// at the same size again and again, and a new table each time made the
+    /// process's memory swing by the size of the tables being rebuilt
+    /// (allocated before the old ones were freed, and returned to the OS
+    /// and taken back by the allocator in between).
+    ///
+    /// Cluster by cluster (a run of used slots between empty ones), the kept
+    /// slots are lifted out in probe order and put back from their homes.
+    /// With linear probing every slot's home lies in its own cluster, at or
+    /// before it, so each lands at or after its home and at or before where
+    /// it was: clusters only shrink, the empty slots between them stay
+    /// empty, and every lookup still ends where it should. Returns false,
+    /// doing nothing, if the table has no empty slot to start from.
+    fn compact(&mut self, keep: &impl Fn(u32, u32) -> bool) -> bool {
+        let Some(start) = self.slots.iter().position(|&s| s == 0) else {
+            return false;
+        };
+        let mask = self.mask();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut used = 0;
+        // From just after an empty slot, so no cluster runs past the start.
+        let mut i = (start + 1) & mask;
+        let mut seen = 0;
+        while seen < self.slots.len() {
+            if self.slots[i] == 0 {
+                i = (i + 1) & mask;
+                seen += 1;
+                continue;
+            }
+            scratch.clear();
+            while self.slots[i] != 0 {
+                let s = std::mem::take(&mut self.slots[i]);
+                if keep(hash_of(s), pos_of(s)) {
+                    scratch.push(s);
+                }
+                i = (i + 1) & mask;
+                seen += 1;
+            }
+            for &s in &scratch {
+                let mut j = hash_of(s) as usize & mask;
+                while self.slots[j] != 0 {
+                    j = (j + 1) & mask;
+                }
+                self.slots[j] = s;
+            }
+            used += scratch.len();
+        }
+        self.used = used;
+        self.scratch = scratch;
+        true
     }
 
     /// Every position in a used slot (the caller tells live from dead).
@@ -264,6 +323,37 @@ mod tests {
         assert!(sparse.capacity() <= 32);
         for k in 0..10u64 {
             assert!(sparse.find(h(k), |_| true, |p| p == k as u32).is_some());
+        }
+    }
+
+    #[test]
+    fn a_rebuild_at_the_same_size_compacts_in_place() {
+        let mut t = SlotTable::default();
+        // Enough keys for long clusters (load 3/4 of 4096 slots), then every
+        // third dies.
+        for k in 0..3_000u64 {
+            t.insert(h(k), k as u32, |_| true);
+        }
+        let (cap, at) = (t.capacity(), t.slots.as_ptr());
+        let alive = |p: u32| !p.is_multiple_of(3);
+        t.rebuild(cap, |_, p| alive(p));
+        assert_eq!(t.capacity(), cap);
+        assert_eq!(t.slots.as_ptr(), at, "no new table");
+        assert_eq!(t.used, (0..3_000u32).filter(|&p| alive(p)).count());
+        for k in 0..3_000u64 {
+            let found = t.find(h(k), |_| true, |p| p == k as u32).is_some();
+            assert_eq!(found, alive(k as u32), "key {k}");
+        }
+        // Probe runs start at their homes: inserts after compaction still
+        // find their place, and every key is found.
+        for k in 3_000..3_500u64 {
+            t.insert(h(k), k as u32, |_| true);
+        }
+        for k in 3_000..3_500u64 {
+            assert!(
+                t.find(h(k), |_| true, |p| p == k as u32).is_some(),
+                "key {k}"
+            );
         }
     }
 
