@@ -42,14 +42,26 @@ done
 wait "$LOAD_PID" || true
 
 python3 - "$OUT" <<'EOF'
-import json, sys
+import json, statistics, sys
 out = sys.argv[1]
 rows = [l.split() for l in open(f"{out}/soak.txt").read().splitlines()[1:] if l.strip()]
 rows = [(int(t), int(r)) for t, r, *_ in rows]
-warm = [r for t, r in rows if t >= 60]
 load = json.load(open(f"{out}/soak-load.json"))
 print(f"ingest: {load['throughput']['impressions_per_s']:,.0f} impressions/s for {load['elapsed_s']:.0f} s")
-if warm:
-    print(f"RSS after warm-up: first {warm[0]} MiB, max {max(warm)} MiB, last {warm[-1]} MiB "
-          f"({(warm[-1] - warm[0]) / warm[0] * 100:+.1f}% from the first warm sample)")
+# Warm-up: the first minute, while the index fills to its steady size.
+warm = [(t, r) for t, r in rows if t >= 60]
+if len(warm) >= 2:
+    print("| minutes | RSS mean | min – max |")
+    print("|---|---|---|")
+    for m in range(1, max(t for t, _ in warm) // 60 + 1):
+        rs = [r for t, r in warm if m * 60 <= t < (m + 1) * 60]
+        if rs:
+            print(f"| {m}–{m + 1} | {statistics.mean(rs):.0f} MiB | {min(rs)} – {max(rs)} MiB |")
+    ts, rs = [t for t, _ in warm], [r for _, r in warm]
+    mt, mr = statistics.mean(ts), statistics.mean(rs)
+    slope = sum((t - mt) * (r - mr) for t, r in warm) / sum((t - mt) ** 2 for t in ts) * 60
+    half = len(rs) // 2
+    print(f"RSS after warm-up: mean {mr:.0f} MiB, min {min(rs)}, max {max(rs)}; trend {slope:+.1f} MiB/min "
+          f"(least squares); first half mean {statistics.mean(rs[:half]):.0f} MiB, "
+          f"second half {statistics.mean(rs[half:]):.0f} MiB")
 EOF
