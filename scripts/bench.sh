@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Reproduces the HTTP results of BENCHMARKS.md on this machine, one command:
 #
-#   scripts/bench.sh                 # 3 alternating rounds of 10 s each
-#   ROUNDS=5 DURATION=20s scripts/bench.sh
+#   scripts/bench.sh                 # ≈ 6 min
+#   SINGLE_ROUNDS=20 ROUNDS=5 DURATION=20s scripts/bench.sh
 #
 # Measures, with the server and the load generator sharing the machine:
 #   1. single-impression POST: this server vs the no-op axum handler, in
-#      alternating runs, and the ratio of their medians;
+#      SINGLE_ROUNDS (10) alternating pairs of SINGLE_DURATION (5 s) runs;
+#      reports the ratio of the medians and the median of the ratios of
+#      each pair (the pairs share the machine's mood of the moment);
 #   2. batch ingest (1,000 per request), embedded store and durable store;
 #   3. stats read latency at a campaign with 0, 1M and 10M counted impressions;
 #   4. stats read latency while batch ingest runs at full speed, and while it
 #      runs paced at 1M impressions/s.
+# Also, because this kind of machine (a VM on a shared host) changes speed
+# from hour to hour: a host-speed probe (SHA-256 throughput of one core) and
+# the CPU time the hypervisor took (steal) during each part. Numbers from
+# runs on different days compare only as ratios within a run.
 # Raw JSON summaries go to target/bench/; the table goes to stdout.
 # Everything targets 127.0.0.1 and stops by itself.
 set -euo pipefail
@@ -18,6 +24,8 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
+SINGLE_ROUNDS=${SINGLE_ROUNDS:-10}
+SINGLE_DURATION=${SINGLE_DURATION:-5s}
 OUT=target/bench
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
@@ -52,13 +60,40 @@ stop_server() {
 }
 trap 'stop_server' EXIT
 
-echo "== 1. single POST vs no-op handler ($ROUNDS alternating rounds of $DURATION, 64 connections)" >&2
-for r in $(seq "$ROUNDS"); do
-  "$BIN/loadgen" --spawn --mode single --connections 64 --duration "$DURATION" --quiet \
+# CPU time stolen by the hypervisor since the last call, as a percentage of
+# the wall time of both cores (from /proc/stat); "?" where unreadable.
+STEAL_LAST=
+steal_since_last() {
+  local now
+  now=$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat 2>/dev/null || true)
+  if [ -n "$STEAL_LAST" ] && [ -n "$now" ]; then
+    python3 -c "import sys; t0,s0,t1,s1=map(int,sys.argv[1:]); print(f'{(s1-s0)/max(t1-t0,1)*100:.0f}')" $STEAL_LAST $now
+  else
+    echo "?"
+  fi
+  STEAL_LAST=$now
+}
+record_steal() { # name
+  echo "$1 $(steal_since_last)" >>"$OUT/steal.txt"
+}
+
+echo "== 0. host speed (SHA-256 of 256 MiB on one core)" >&2
+python3 -c "
+import hashlib, time
+data = bytes(1 << 20); h = hashlib.sha256(); t = time.perf_counter()
+for _ in range(256): h.update(data)
+print(f'{256 / (time.perf_counter() - t):.0f}')" >"$OUT/host-speed.txt"
+: >"$OUT/steal.txt"
+steal_since_last >/dev/null
+
+echo "== 1. single POST vs no-op handler ($SINGLE_ROUNDS alternating pairs of $SINGLE_DURATION, 64 connections)" >&2
+for r in $(seq "$SINGLE_ROUNDS"); do
+  "$BIN/loadgen" --spawn --mode single --connections 64 --duration "$SINGLE_DURATION" --quiet \
     --json "$OUT/single-server-$r.json" >/dev/null
-  "$BIN/loadgen" --spawn-noop --mode single --connections 64 --duration "$DURATION" --quiet \
+  "$BIN/loadgen" --spawn-noop --mode single --connections 64 --duration "$SINGLE_DURATION" --quiet \
     --json "$OUT/single-noop-$r.json" >/dev/null
 done
+record_steal single
 
 echo "== 2. batch ingest ($ROUNDS rounds of $DURATION, batches of 1000, 8 connections)" >&2
 for r in $(seq "$ROUNDS"); do
@@ -70,6 +105,7 @@ for r in $(seq "$ROUNDS"); do
     --json "$OUT/batch-disk-$r.json" >/dev/null
   rm -rf "$data"
 done
+record_steal batch
 
 echo "== 3. stats latency at 0, 1M and 10M counted impressions (1,000 reads/s for $DURATION)" >&2
 for n in 0 1000000 10000000; do
@@ -78,6 +114,7 @@ for n in 0 1000000 10000000; do
     --json "$OUT/stats-$n.json" >/dev/null
   stop_server
 done
+record_steal stats
 
 # Stats reads while batch ingest runs: at full speed (both cores busy), and
 # paced at 1,000,000 impressions/s (the batch budget), open loop.
@@ -99,22 +136,29 @@ stats_under_load() { # name, extra loadgen args...
 }
 echo "== 4. stats latency while batch ingest runs at full speed, then at 1M impressions/s" >&2
 stats_under_load under-load
+record_steal under-load
 stats_under_load under-1m --rate 1000000
+record_steal under-1m
 trap - EXIT
 
-python3 - "$OUT" "$ROUNDS" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$SINGLE_ROUNDS" <<'EOF'
 import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, single_rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 load = lambda name: json.load(open(f"{out}/{name}.json"))
 med = lambda xs: statistics.median(xs)
-rps = lambda kind: [load(f"single-{kind}-{r}")["throughput"]["requests_per_s"] for r in range(1, rounds + 1)]
-p99 = lambda kind: [load(f"single-{kind}-{r}")["latency_ms"]["p99"] for r in range(1, rounds + 1)]
+rps = lambda kind: [load(f"single-{kind}-{r}")["throughput"]["requests_per_s"] for r in range(1, single_rounds + 1)]
+p99 = lambda kind: [load(f"single-{kind}-{r}")["latency_ms"]["p99"] for r in range(1, single_rounds + 1)]
 server, noop = rps("server"), rps("noop")
+paired = [s / n * 100 for s, n in zip(server, noop)]
+steal = dict(line.split() for line in open(f"{out}/steal.txt"))
+print(f"host speed: {open(f'{out}/host-speed.txt').read().strip()} MB/s SHA-256 on one core; "
+      f"CPU stolen by the hypervisor: " + ", ".join(f"{k} {v}%" for k, v in steal.items()))
+print()
 print("| measurement | median | runs | notes |")
 print("|---|---|---|---|")
 print(f"| single POST, this server (req/s) | {med(server):,.0f} | {', '.join(f'{x:,.0f}' for x in server)} | p99 {med(p99('server'))} ms |")
 print(f"| single POST, no-op handler (req/s) | {med(noop):,.0f} | {', '.join(f'{x:,.0f}' for x in noop)} | p99 {med(p99('noop'))} ms |")
-print(f"| **server / no-op** | **{med(server) / med(noop) * 100:.1f}%** | | budget: at least 85% |")
+print(f"| **server / no-op** | **{med(server) / med(noop) * 100:.1f}%** | pairs: {', '.join(f'{x:.0f}%' for x in paired)} | median of the pairs {med(paired):.1f}%; budget: at least 85% |")
 for store in ["memory", "disk"]:
     runs = [load(f"batch-{store}-{r}")["throughput"]["impressions_per_s"] for r in range(1, rounds + 1)]
     print(f"| batch ingest, {store} store (impressions/s) | {med(runs):,.0f} | {', '.join(f'{x:,.0f}' for x in runs)} | budget: at least 1,000,000 |")
