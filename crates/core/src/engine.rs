@@ -307,7 +307,13 @@ impl Engine {
         outcomes.clear();
         let campaigns = self.campaigns.read();
         if batch.len() <= SMALL_BATCH {
-            outcomes.extend(batch.iter().map(|imp| self.track_one(&campaigns, imp, now)));
+            let mut live = 0;
+            outcomes.extend(
+                batch
+                    .iter()
+                    .map(|imp| self.track_one(&campaigns, imp, now, &mut live)),
+            );
+            self.dedup.publish(live);
             return;
         }
         outcomes.resize(batch.len(), TrackOutcome::Duplicate);
@@ -399,12 +405,14 @@ impl Engine {
     /// case: the same steps and lock order as a batch (registry, held by the
     /// caller, then dedup shard, then the campaign's windows), without the
     /// per-batch bookkeeping (maps, sorts, buffers), which costs more than
-    /// the work itself for a few items.
+    /// the work itself for a few items. The change in live keys is added to
+    /// `live`, which the caller publishes once for the batch.
     fn track_one(
         &self,
         campaigns: &BTreeMap<CampaignId, CampaignSlot>,
         imp: &Impression,
         now: Timestamp,
+        live: &mut isize,
     ) -> TrackOutcome {
         let Some(slot) = campaigns.get(&imp.campaign_id) else {
             return TrackOutcome::Rejected(Rejection::UnknownCampaign);
@@ -418,10 +426,7 @@ impl Engine {
             &imp.user_id,
             self.config.scope,
         );
-        let decision = self
-            .dedup
-            .lock_shard(self.dedup.shard_of(fp))
-            .check(fp, imp.timestamp, now);
+        let decision = self.dedup.check_tallied(fp, imp.timestamp, now, live);
         match decision {
             Decision::Count { .. } => {
                 slot.windows.lock().record(&imp.ad_id, imp.timestamp, now);

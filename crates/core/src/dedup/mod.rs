@@ -253,6 +253,40 @@ impl DedupIndex {
         }
     }
 
+    /// Decides one impression as `lock_shard(..).check(..)` does, but adds
+    /// the change in live keys to `tally` instead of publishing it: a caller
+    /// deciding a few impressions one by one publishes once
+    /// ([`DedupIndex::publish`]), one write to the count all cores share
+    /// instead of one per new key.
+    pub fn check_tallied(
+        &self,
+        fp: Fingerprint,
+        t: Timestamp,
+        now: Timestamp,
+        tally: &mut isize,
+    ) -> Decision {
+        let mut shard = self.shards[self.shard_of(fp)].0.lock();
+        let before = shard.live;
+        shard.expire(now, self.retention_ms);
+        let decision = shard.check(&self.rule, fp, t);
+        // Live counts are far below isize::MAX.
+        *tally += shard.live as isize - before as isize;
+        decision
+    }
+
+    /// Publishes a tally of [`DedupIndex::check_tallied`] calls.
+    pub fn publish(&self, tally: isize) {
+        if tally > 0 {
+            self.live
+                .0
+                .fetch_add(tally.unsigned_abs(), Ordering::Relaxed);
+        } else if tally < 0 {
+            self.live
+                .0
+                .fetch_sub(tally.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
     /// Live keys as of the last completed operation: cheap (one atomic
     /// read), exact once no operation is in progress.
     pub fn len_estimate(&self) -> usize {
@@ -481,10 +515,10 @@ impl Shard {
             return;
         };
         let mut popped = false;
-        while let Some((_, entry)) = self.ring.front() {
-            if entry.last_counted().as_millis() > cutoff {
+        while self.ring.front_ms() <= cutoff {
+            let Some((_, entry)) = self.ring.front() else {
                 break;
-            }
+            };
             self.ring.pop_front();
             popped = true;
             if !entry.superseded() {

@@ -50,7 +50,6 @@ const CHUNK_NUMBER_MASK: u32 = u32::MAX >> CHUNK_BITS;
 /// Invariant: `chunks` holds exactly the chunks from the one containing
 /// `head` to the one containing `tail - 1`, plus the one containing `tail`
 /// if `tail` is not at a chunk boundary.
-#[derive(Default)]
 pub(super) struct Ring {
     chunks: VecDeque<Box<[Entry]>>,
     /// Position of the oldest entry.
@@ -60,9 +59,34 @@ pub(super) struct Ring {
     /// One emptied chunk kept back, so a ring that hovers around a chunk
     /// boundary does not allocate and free on every crossing.
     spare: Option<Box<[Entry]>>,
+    /// The oldest entry's latest counted time in milliseconds (`u64::MAX`
+    /// when empty), kept beside the bounds: every operation asks whether
+    /// the front has expired, and the answer is almost always no, which
+    /// this tells without reaching into the front chunk (cold memory, one
+    /// cache miss an operation).
+    front_ms: u64,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Ring {
+            chunks: VecDeque::new(),
+            head: 0,
+            tail: 0,
+            spare: None,
+            front_ms: u64::MAX,
+        }
+    }
 }
 
 impl Ring {
+    /// The oldest entry's latest counted time in milliseconds, `u64::MAX`
+    /// when the ring is empty.
+    #[inline]
+    pub(super) fn front_ms(&self) -> u64 {
+        self.front_ms
+    }
+
     fn chunk_index(&self, pos: u32) -> usize {
         ((pos >> CHUNK_BITS).wrapping_sub(self.head >> CHUNK_BITS) & CHUNK_NUMBER_MASK) as usize
     }
@@ -92,6 +116,9 @@ impl Ring {
             self.chunks.push_back(chunk);
         }
         let pos = self.tail;
+        if pos == self.head {
+            self.front_ms = entry.last_counted().as_millis();
+        }
         let back = self.chunks.len() - 1;
         self.chunks[back][(pos & CHUNK_MASK) as usize] = entry;
         self.tail = pos.wrapping_add(1);
@@ -117,5 +144,9 @@ impl Ring {
         if self.head & CHUNK_MASK == 0 {
             self.spare = self.chunks.pop_front();
         }
+        self.front_ms = match self.front() {
+            Some((_, entry)) => entry.last_counted().as_millis(),
+            None => u64::MAX,
+        };
     }
 }
