@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn unknown_route_is_404_json() {
@@ -64,6 +64,35 @@ async fn wrong_content_type_is_415() {
         .await;
         assert!(message.contains("application/json"), "{message}");
     }
+}
+
+#[tokio::test]
+async fn the_track_route_has_the_same_body_limit_and_answer() {
+    // The single-impression route is called without the router and applies
+    // the body limit itself: same limit, same 413, same message.
+    let app = spawn_app_with(&["--max-body-bytes", "2000"]).await;
+    let c = app.create_campaign("c").await;
+    let over = json!({ "campaign_id": c, "user_id": "u".repeat(3000), "ad_id": "a" });
+    let message = assert_error(
+        app.post_json("/api/v1/impressions", &over).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    let campaigns = assert_error(
+        app.post_json("/api/v1/campaigns", &json!({ "name": "x".repeat(3000) }))
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_eq!(message, campaigns);
+    // Under the limit, the body is read and judged on its content.
+    let under = json!({ "campaign_id": c, "user_id": "u".repeat(1000), "ad_id": "a" });
+    let message = assert_error(
+        app.post_json("/api/v1/impressions", &under).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(message.contains("MAX_ID_BYTES"), "{message}");
 }
 
 #[tokio::test]
