@@ -119,7 +119,7 @@ impl Bulk {
 /// Lowers the calling thread's priority (on Linux, priorities are per
 /// thread: this thread's only). A failure leaves the thread at normal
 /// priority, which costs read latency, not correctness.
-fn lower_priority(priority: Priority) {
+pub(crate) fn lower_priority(priority: Priority) {
     let lowered = match priority {
         Priority::Nice(nice) => set_nice(nice),
         #[cfg(any(target_os = "linux", target_os = "android"))]

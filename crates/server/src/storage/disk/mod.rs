@@ -146,6 +146,11 @@ pub struct DiskStore {
     _lock: File,
 }
 
+/// The compactor thread's nice value: below the bulk threads that apply
+/// (nice 5), so compaction takes what ingest leaves first, yet at a normal
+/// policy, so it keeps a share of a machine that is never idle.
+const COMPACTOR_NICE: i32 = 10;
+
 /// The open segment and the encoding buffers.
 struct Writer {
     segment: u64,
@@ -323,35 +328,50 @@ impl DiskStore {
             compaction.closed_bytes >= compaction.snapshot_bytes.max(self.options.segment_bytes);
         let idle = compaction.running.as_ref().is_none_or(|t| t.is_finished());
         if due && idle {
-            compaction.running = Some(self.start_compaction(next));
+            compaction.running = self.start_compaction(next);
         }
         Ok(())
     }
 
     /// Folds every segment before `upto` into a new snapshot, in a thread.
-    fn start_compaction(&self, upto: u64) -> std::thread::JoinHandle<()> {
+    /// `None` if no thread could be started: the next rotation tries again.
+    fn start_compaction(&self, upto: u64) -> Option<std::thread::JoinHandle<()>> {
         let dir = self.dir.clone();
         let config = self.engine.config().clone();
         let now = self.clock.now();
         let state = Arc::clone(&self.compaction);
-        std::thread::spawn(move || {
-            let started = std::time::Instant::now();
-            match compact(&dir, &config, upto, now) {
-                Ok((snapshot_bytes, folded_bytes)) => {
-                    let mut s = state.lock();
-                    s.snapshot_bytes = snapshot_bytes;
-                    s.closed_bytes = s.closed_bytes.saturating_sub(folded_bytes);
-                    tracing::info!(
-                        upto,
-                        snapshot_bytes,
-                        folded_bytes,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "log compacted"
-                    );
+        let spawned = std::thread::Builder::new()
+            .name("log-compactor".into())
+            .spawn(move || {
+                // Background upkeep: below the threads that apply and answer
+                // (a spawned thread would inherit its spawner's priority, here a
+                // bulk-apply thread's), but not idle, so it keeps up on a busy
+                // machine.
+                bulk::lower_priority(bulk::Priority::Nice(COMPACTOR_NICE));
+                let started = std::time::Instant::now();
+                match compact(&dir, &config, upto, now) {
+                    Ok((snapshot_bytes, folded_bytes)) => {
+                        let mut s = state.lock();
+                        s.snapshot_bytes = snapshot_bytes;
+                        s.closed_bytes = s.closed_bytes.saturating_sub(folded_bytes);
+                        tracing::info!(
+                            upto,
+                            snapshot_bytes,
+                            folded_bytes,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "log compacted"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, upto, "log compaction failed; will retry")
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, upto, "log compaction failed; will retry"),
-            }
-        })
+            });
+        spawned
+            .inspect_err(
+                |e| tracing::error!(error = %e, upto, "could not start log compaction; will retry"),
+            )
+            .ok()
     }
 
     /// Waits for the log to be durable up to `offset` if the policy says
