@@ -19,8 +19,9 @@
 //! Parsing is not starved on an otherwise idle machine: it gets every cycle
 //! nothing else wants, and the clients that send it wait for its answers,
 //! so they cannot outrun it. On a machine busy with other work at normal
-//! priority, batch parsing waits for it; single-impression requests, parsed
-//! on the runtime threads, do not.
+//! priority, batch parsing waits for it (single-impression requests, parsed
+//! on the runtime threads, do not); `BATCH_PARSE_PRIORITY` gives parsing a
+//! nice value instead ([`set_parse_priority`]).
 //!
 //! [`run`] is `block_in_place` plus a hop to a bulk pool: the runtime thread
 //! hands its queue of tasks to another thread, then sleeps (using no CPU)
@@ -62,11 +63,23 @@ pub enum Bulk {
     /// Applying impressions to the store (nice 5): it drains the ingest
     /// queue, so it comes before parsing, which fills it.
     Apply,
-    /// Parsing and admitting a batch body (`SCHED_IDLE`).
+    /// Parsing and admitting a batch body (`SCHED_IDLE` unless
+    /// [`set_parse_priority`] said otherwise).
     Parse,
 }
 
-/// A bulk thread's scheduling priority, below the runtime threads' (nice 0).
+/// The parse threads' priority: set once at start-up, fixed from the first
+/// time it is read.
+static PARSE_PRIORITY: OnceLock<Priority> = OnceLock::new();
+
+/// Sets the priority of the threads that parse batch bodies (the
+/// `BATCH_PARSE_PRIORITY` setting). Takes effect only before they start:
+/// returns `false`, and changes nothing, once the priority has been read.
+pub fn set_parse_priority(priority: Priority) -> bool {
+    PARSE_PRIORITY.set(priority).is_ok()
+}
+
+/// A bulk thread's scheduling priority, at most the runtime threads' (nice 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
     /// The normal policy at this nice value (0 is normal, 19 the lowest).
@@ -81,10 +94,10 @@ impl Bulk {
     /// The priority of this kind's threads. A thread may always lower its
     /// own priority but cannot raise it back without privileges, which is
     /// why bulk work has threads of its own.
-    pub const fn priority(self) -> Priority {
+    pub fn priority(self) -> Priority {
         match self {
             Bulk::Apply => Priority::Nice(5),
-            Bulk::Parse => Priority::Idle,
+            Bulk::Parse => *PARSE_PRIORITY.get_or_init(|| Priority::Idle),
         }
     }
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use impression_core::{DedupScope, EngineConfig};
 
+use crate::bulk::Priority;
+
 /// Everything the service can be told at start-up.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -52,6 +54,18 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
     pub impression_workers: Option<u32>,
+
+    /// Scheduling priority of the threads that parse large batch bodies:
+    /// `idle` (Linux's SCHED_IDLE: stats reads never wait for them, but on a
+    /// host kept busy by other processes batch ingest gets only what those
+    /// leave) or a nice value from 0 (normal) to 19.
+    #[arg(
+        long,
+        env = "BATCH_PARSE_PRIORITY",
+        default_value = "idle",
+        value_parser = parse_priority
+    )]
+    pub batch_parse_priority: Priority,
 
     /// What counts as the same impression: `ad` = (campaign, ad, user),
     /// `campaign` = (campaign, user) across all of its ads.
@@ -435,6 +449,18 @@ fn parse_history(s: &str) -> Result<Duration, String> {
     Ok(history)
 }
 
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    match s.trim() {
+        "idle" => Ok(Priority::Idle),
+        n => match n.parse::<i32>() {
+            Ok(nice @ 0..=19) => Ok(Priority::Nice(nice)),
+            _ => Err(format!(
+                "expected `idle` or a nice value from 0 to 19, got `{s}`"
+            )),
+        },
+    }
+}
+
 fn parse_cookie_name(s: &str) -> Result<String, String> {
     // RFC 6265 token: visible ASCII except separators.
     let valid = !s.is_empty()
@@ -509,6 +535,28 @@ mod tests {
         assert!(err.contains("--dedup-scope"), "{err}");
         let err = parse(&["--rust-log", "info,=["]).unwrap_err().to_string();
         assert!(err.contains("invalid log filter"), "{err}");
+    }
+
+    #[test]
+    fn batch_parse_priority_is_idle_or_a_nice_value() {
+        assert_eq!(parse(&[]).unwrap().batch_parse_priority, Priority::Idle);
+        for (text, priority) in [
+            ("idle", Priority::Idle),
+            ("0", Priority::Nice(0)),
+            ("10", Priority::Nice(10)),
+            ("19", Priority::Nice(19)),
+        ] {
+            let c = parse(&["--batch-parse-priority", text]).unwrap();
+            assert_eq!(c.batch_parse_priority, priority, "{text}");
+        }
+        for bad in ["20", "-1", "high", ""] {
+            let arg = format!("--batch-parse-priority={bad}");
+            let err = parse(&[&arg]).unwrap_err().to_string();
+            assert!(
+                err.contains("--batch-parse-priority") && err.contains("nice value from 0 to 19"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use impression_counter::config::Config;
 use impression_counter::startup::Application;
-use impression_counter::{shutdown, telemetry};
+use impression_counter::{bulk, shutdown, telemetry};
 
 /// mimalloc instead of glibc's malloc. A request allocates a dozen small
 /// objects on one thread and the ingest workers free impressions allocated
@@ -19,6 +19,8 @@ fn main() -> anyhow::Result<()> {
     // before anything binds.
     let config = Config::parse();
     telemetry::init(&config.rust_log, config.log_format);
+    // Before any request can start the parse threads.
+    bulk::set_parse_priority(config.batch_parse_priority);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

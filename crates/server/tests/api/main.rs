@@ -18,6 +18,8 @@ mod impressions;
 mod model;
 mod operations;
 mod pixel;
+#[cfg(target_os = "linux")]
+mod priorities;
 mod process;
 mod redis_faults;
 mod redis_journal;
