@@ -17,7 +17,7 @@
 # from hour to hour: a host-speed probe (SHA-256 throughput of one core) and
 # the CPU time the hypervisor took (steal) during each part. Numbers from
 # runs on different days compare only as ratios within a run.
-# Raw JSON summaries go to target/bench/; the table goes to stdout.
+# Raw JSON summaries go to target/bench/ (under $CARGO_TARGET_DIR if set); the table goes to stdout.
 # Everything targets 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +26,12 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 SINGLE_ROUNDS=${SINGLE_ROUNDS:-10}
 SINGLE_DURATION=${SINGLE_DURATION:-5s}
-OUT=target/bench
+OUT=${CARGO_TARGET_DIR:-target}/bench
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 
 cargo build --release -q -p impression-counter -p loadgen
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 MAX_EXAMPLES=${MAX_EXAMPLES:-100}
 PROFILE=${PROFILE:-debug}
-OUT=target/schemathesis
+OUT=${CARGO_TARGET_DIR:-target}/schemathesis
 mkdir -p "$OUT"
 
 # The console script, or the module when pip's script directory is not on
@@ -41,7 +41,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 BASE="http://127.0.0.1:$PORT"
 
 STORAGE=memory BIND_ADDR=127.0.0.1 SERVER_PORT=$PORT RUST_LOG=warn \
-  "target/$PROFILE/impression-counter" >"$OUT/server.log" 2>&1 &
+  "${CARGO_TARGET_DIR:-target}/$PROFILE/impression-counter" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 stop_server() {
   kill -TERM "$SERVER" 2>/dev/null || true

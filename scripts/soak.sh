@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 
 SOAK=${SOAK:-10m}
 RATE=${RATE:-200000}
-OUT=target/bench
+OUT=${CARGO_TARGET_DIR:-target}/bench
 mkdir -p "$OUT"
 cargo build --release -q -p impression-counter -p loadgen
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 STORAGE=memory TTL=2s MAX_EVENT_AGE=0s IMPRESSIONS_QUEUE_SIZE=100000 RUST_LOG=warn \
