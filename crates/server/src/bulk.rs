@@ -12,10 +12,11 @@
 //! it a bulk thread's core first. Applying runs at nice 5: it drains the
 //! ingest queue, and it keeps a real share of a busy machine. Parsing, the
 //! largest part of batch ingest, runs under `SCHED_IDLE`, because a lower
-//! nice value alone does not make a waking thread preempt a running one
-//! (the scheduler lets the running thread finish its slice first, ~1.5 ms
-//! here): with parsing at nice 10, stats reads at full batch ingest had a
-//! p99 of 1.8 to 2.2 ms, under `SCHED_IDLE` 0.8 to 1.4 ms (BENCHMARKS.md).
+//! nice value alone did not make a waking thread preempt a running one (as
+//! we read the measurements, the scheduler lets the running thread finish
+//! its time slice first): with parsing at nice 10, stats reads at full
+//! batch ingest had a p99 of about 2 ms, under `SCHED_IDLE` 0.74 to 0.95 ms
+//! in five runs of six (BENCHMARKS.md).
 //! Parsing is not starved on an otherwise idle machine: it gets every cycle
 //! nothing else wants, and the clients that send it wait for its answers,
 //! so they cannot outrun it. On a machine busy with other work at normal
