@@ -30,19 +30,6 @@ fn start(env: &[(&'static str, String)]) -> ServerProcess {
     ServerProcess::start(&env)
 }
 
-async fn create_campaign(http: &reqwest::Client, server: &ServerProcess, name: &str) -> String {
-    let body: Value = http
-        .post(server.url("/api/v1/campaigns"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
 /// Sends a batch with `wait=true`; returns (counted, duplicates).
 async fn batch_wait(http: &reqwest::Client, server: &ServerProcess, items: &[Value]) -> (u64, u64) {
     let response = http
@@ -81,8 +68,8 @@ async fn a_restart_keeps_campaigns_stats_and_dedup_decisions() {
     let http = reqwest::Client::new();
 
     let server = start(&env);
-    let a = create_campaign(&http, &server, "a").await;
-    let b = create_campaign(&http, &server, "b").await;
+    let a = server.create_campaign(&http, "a").await;
+    let b = server.create_campaign(&http, "b").await;
     let first: Vec<Value> = (0..500)
         .map(|i| {
             item(
@@ -160,7 +147,7 @@ async fn crash_rounds(fsync: &'static str, rounds: u64) {
         .unwrap();
     let mut rng = Rng(0x5eed_0000 + rounds + u64::from(fsync.as_bytes()[0]));
     let mut server = start(&env);
-    let campaign = create_campaign(&http, &server, "crash").await;
+    let campaign = server.create_campaign(&http, "crash").await;
     let mut acked: Vec<String> = Vec::new();
     let mut unanswered = 0u64;
 

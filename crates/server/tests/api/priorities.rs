@@ -40,19 +40,11 @@ fn send_large_batch(server: &ServerProcess) -> u16 {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let http = reqwest::Client::new();
-        let campaign: Value = http
-            .post(server.url("/api/v1/campaigns"))
-            .json(&json!({ "name": "priorities" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let campaign = server.create_campaign(&http, "priorities").await;
         let items: Vec<Value> = (0..300)
             .map(|i| {
                 json!({
-                    "campaign_id": campaign["id"],
+                    "campaign_id": campaign,
                     "user_id": format!("user-{i:08}"),
                     "ad_id": "ad-1",
                 })

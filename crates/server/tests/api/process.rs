@@ -104,6 +104,20 @@ impl ServerProcess {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Creates a campaign named `name`; returns its id.
+    pub async fn create_campaign(&self, http: &reqwest::Client, name: &str) -> String {
+        let body: serde_json::Value = http
+            .post(self.url("/api/v1/campaigns"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     /// SIGTERM, then waits for the exit; returns the status and the whole log.
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         let pid = self.child.id().to_string();
