@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use clap::Parser;
 use impression_counter::config::Config;
-use impression_counter::routes::ApiSettings;
+
 use libfuzzer_sys::fuzz_target;
 
 const FLAGS: &[&str] = &[
@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     let engine = config.engine();
     assert!(!engine.ttl.is_zero());
     assert!(engine.history_hours >= 25);
-    let settings = ApiSettings::from(&config);
+    let settings = config.api();
     assert!(settings.max_id_bytes >= 1 && settings.max_id_bytes <= 512);
     // Timeouts become deadlines (`Instant::now() + timeout`, as hyper and
     // tokio compute them): an accepted value must not overflow one.

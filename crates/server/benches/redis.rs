@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use impression_core::{AdId, Campaign, CampaignId, CampaignName, Impression, Timestamp, UserId};
 use impression_counter::config::Config;
-use impression_counter::storage::Store;
 use impression_counter::storage::redis::RedisStore;
+use impression_counter::storage::{Backend, Store};
 
 const CHUNK: usize = 1024;
 
@@ -156,7 +156,11 @@ fn main() {
             all.push(&prefix);
             all.extend(flags.iter().map(String::as_str));
             let config = Config::try_parse_from(all).unwrap();
-            let store = Arc::new(RedisStore::open(&config).await.unwrap());
+            let settings = config.storage();
+            let Backend::Redis(options) = &settings.backend else {
+                unreachable!("--storage redis")
+            };
+            let store = Arc::new(RedisStore::open(options, &settings.engine).await.unwrap());
             let now = Timestamp::from_secs(1_735_689_600);
             let campaigns: Vec<CampaignId> = (0..10)
                 .map(|_| CampaignId::from_uuid(uuid::Uuid::now_v7()))

@@ -21,8 +21,8 @@ use impression_core::{
     AdId, Campaign, CampaignId, CampaignName, Clock, EngineConfig, Impression, ManualClock,
     Timestamp, UserId,
 };
-use impression_counter::config::FsyncPolicy;
 use impression_counter::storage::Store;
+use impression_counter::storage::disk::FsyncPolicy;
 use impression_counter::storage::disk::{DiskOptions, DiskStore};
 
 fn dir_bytes(dir: &Path) -> u64 {

@@ -25,20 +25,30 @@ use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
 use crate::error::ApiError;
 
-/// Where the keys come from.
-#[derive(Clone, Debug)]
-struct Source {
-    inline: Option<String>,
-    file: Option<PathBuf>,
+/// Where the keys come from (`API_KEYS`, `API_KEYS_FILE`).
+#[derive(Clone, Default)]
+pub struct KeySources {
+    /// Comma-separated keys.
+    pub inline: Option<String>,
+    /// A file of one key per line, re-read on SIGHUP.
+    pub file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for KeySources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySources")
+            .field("inline", &self.inline.as_ref().map(|_| "***"))
+            .field("file", &self.file)
+            .finish()
+    }
 }
 
 /// The accepted keys (as digests), swappable at run time.
 #[derive(Debug)]
 pub struct ApiKeys {
-    source: Source,
+    source: KeySources,
     digests: RwLock<Arc<Vec<[u8; 32]>>>,
 }
 
@@ -51,13 +61,10 @@ pub struct KeyFileError {
 }
 
 impl ApiKeys {
-    /// Loads the keys the configuration names.
-    pub fn from_config(config: &Config) -> Result<Self, KeyFileError> {
+    /// Loads the keys from their sources.
+    pub fn load(source: KeySources) -> Result<Self, KeyFileError> {
         let keys = ApiKeys {
-            source: Source {
-                inline: config.api_keys.as_ref().map(|s| s.expose().to_owned()),
-                file: config.api_keys_file.clone(),
-            },
+            source,
             digests: RwLock::new(Arc::new(Vec::new())),
         };
         keys.reload()?;
@@ -67,10 +74,7 @@ impl ApiKeys {
     /// Keys that accept nothing and protect nothing (open access).
     pub fn open() -> Self {
         ApiKeys {
-            source: Source {
-                inline: None,
-                file: None,
-            },
+            source: KeySources::default(),
             digests: RwLock::new(Arc::new(Vec::new())),
         }
     }
@@ -179,12 +183,6 @@ pub fn reload_on_sighup(keys: Arc<ApiKeys>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn config(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("impression-counter").chain(args.iter().copied()))
-            .unwrap()
-    }
 
     #[test]
     fn inline_and_file_keys_are_accepted_and_nothing_else() {
@@ -195,12 +193,10 @@ mod tests {
             "# rotated 2025-01-01\nfile-key-1\n\n  file-key-2  \n",
         )
         .unwrap();
-        let keys = ApiKeys::from_config(&config(&[
-            "--api-keys",
-            "inline-a, inline-b",
-            "--api-keys-file",
-            file.to_str().unwrap(),
-        ]))
+        let keys = ApiKeys::load(KeySources {
+            inline: Some("inline-a, inline-b".into()),
+            file: Some(file.clone()),
+        })
         .unwrap();
         assert!(keys.enabled());
         for good in ["inline-a", "inline-b", "file-key-1", "file-key-2"] {
@@ -222,8 +218,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys");
         std::fs::write(&file, "old\n").unwrap();
-        let keys =
-            ApiKeys::from_config(&config(&["--api-keys-file", file.to_str().unwrap()])).unwrap();
+        let keys = ApiKeys::load(KeySources {
+            inline: None,
+            file: Some(file.clone()),
+        })
+        .unwrap();
         assert!(keys.accepts("old"));
         std::fs::write(&file, "new\n").unwrap();
         assert_eq!(keys.reload().unwrap(), 1);
@@ -238,7 +237,7 @@ mod tests {
 
     #[test]
     fn without_keys_everything_is_open() {
-        let keys = ApiKeys::from_config(&config(&[])).unwrap();
+        let keys = ApiKeys::load(KeySources::default()).unwrap();
         assert!(!keys.enabled());
         assert!(!ApiKeys::open().enabled());
     }

@@ -1,10 +1,17 @@
-//! Configuration: environment variables, each also a command-line flag.
+//! Configuration: environment variables, each also a command-line flag,
+//! turned into the settings of each component.
 //!
 //! Names and defaults of the original service are kept (`SERVER_PORT`, `TTL`,
 //! `IMPRESSIONS_QUEUE_SIZE`, `IMPRESSION_WORKERS`). Every value is validated
 //! while parsing, so an invalid one stops the process with a clear message and
 //! a non-zero exit before anything binds. `impression-counter --help` lists
 //! them all with their defaults.
+//!
+//! This is the only module that knows flags and environment variables.
+//! Each component takes a small settings type of its own
+//! ([`StorageSettings`], [`IngestSettings`], [`ApiSettings`],
+//! [`EdgeSettings`], [`ConnectionLimits`], [`KeySources`]), built here by
+//! [`Config`]'s methods, so no component depends on this module.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +20,17 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use impression_core::{DedupScope, EngineConfig};
 
+use crate::auth::KeySources;
 use crate::bulk::Priority;
+use crate::edge::EdgeSettings;
+use crate::ingest::{INGEST_GRACE, IngestSettings};
+use crate::routes::ApiSettings;
+use crate::server::ConnectionLimits;
+use crate::storage::disk::{DiskOptions, FsyncPolicy};
+use crate::storage::redis::RedisOptions;
+use crate::storage::{Backend, StorageSettings};
+use crate::telemetry::LogFormat;
+use crate::timefmt::parse_duration;
 
 /// Everything the service can be told at start-up.
 #[derive(Clone, Debug, Parser)]
@@ -142,8 +159,8 @@ pub struct Config {
     /// When the durable log is fsynced: `always` (before every
     /// acknowledgement, with group commit), `everysec`, or `no` (left to the
     /// OS).
-    #[arg(long, env = "FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
-    pub fsync: FsyncPolicy,
+    #[arg(long, env = "FSYNC", value_enum, default_value_t = FsyncArg::Everysec)]
+    pub fsync: FsyncArg,
 
     /// Size at which a log segment is closed (`STORAGE=disk`); compaction
     /// folds closed segments into a snapshot once they outgrow it.
@@ -269,8 +286,8 @@ pub struct Config {
     pub rust_log: String,
 
     /// Log line format: human-readable `text` or one JSON object per line.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
 }
 
 /// `DEDUP_SCOPE` values.
@@ -320,7 +337,7 @@ pub enum StorageKind {
 
 /// `FSYNC` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FsyncPolicy {
+pub enum FsyncArg {
     /// fsync before acknowledging; concurrent writers share one fsync.
     Always,
     /// fsync once a second: power loss loses at most about a second.
@@ -331,21 +348,12 @@ pub enum FsyncPolicy {
 
 /// `LOG_FORMAT` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub enum LogFormatArg {
     /// Human-readable lines.
     Text,
     /// One JSON object per line, for log shippers.
     Json,
 }
-
-/// How late an impression may reach the engine after it was received: the
-/// time it can spend in the queue. Dedup entries are kept this much longer
-/// than the TTL so such an impression still finds its key. Generous on
-/// purpose: it costs memory only in proportion to `INGEST_GRACE / TTL`.
-pub const INGEST_GRACE: Duration = Duration::from_secs(30);
-
-/// Most impressions a worker takes off the queue at once.
-pub const MAX_WORKER_BATCH: usize = 1024;
 
 impl Config {
     /// The address to listen on.
@@ -362,14 +370,6 @@ impl Config {
         }
     }
 
-    /// Number of ingest workers, resolving the default.
-    pub fn workers(&self) -> usize {
-        self.impression_workers.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |n| n as usize,
-        )
-    }
-
     /// The engine configuration these settings imply.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
@@ -384,16 +384,100 @@ impl Config {
             ..EngineConfig::default()
         }
     }
-}
 
-/// Parses `3600s`, `90m`, `1h`, `1h 30m`, `250ms`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    /// Where state lives and how it is counted.
+    pub fn storage(&self) -> StorageSettings {
+        let backend = match self.storage_kind() {
+            StorageKind::Memory => Backend::Memory,
+            StorageKind::Disk => Backend::Disk {
+                dir: self.data_dir.clone(),
+                options: DiskOptions {
+                    fsync: match self.fsync {
+                        FsyncArg::Always => FsyncPolicy::Always,
+                        FsyncArg::Everysec => FsyncPolicy::Everysec,
+                        FsyncArg::No => FsyncPolicy::No,
+                    },
+                    segment_bytes: self.log_segment_bytes,
+                },
+            },
+            StorageKind::Redis => Backend::Redis(RedisOptions {
+                url: self.redis_url.clone(),
+                cluster_nodes: self.redis_cluster_nodes.clone(),
+                prefix: self.redis_prefix.clone(),
+            }),
+        };
+        StorageSettings {
+            backend,
+            engine: self.engine(),
+        }
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{e}: expected a duration like `3600s`, `90m`, `1h` or `250ms`"))
+
+    /// The ingest queue and its workers.
+    pub fn ingest(&self) -> IngestSettings {
+        IngestSettings {
+            queue_size: self.impressions_queue_size as usize,
+            workers: self.impression_workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n as usize,
+            ),
+            enqueue_timeout: self.enqueue_timeout,
+        }
+    }
+
+    /// What the handlers enforce.
+    pub fn api(&self) -> ApiSettings {
+        ApiSettings {
+            max_clock_skew: self.max_clock_skew,
+            max_event_age: self.max_event_age,
+            batch_max_items: self.batch_max_items as usize,
+            batch_max_bytes: usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX),
+            pixel_cookie: self.pixel_cookie.clone(),
+            history: Duration::from_secs(self.engine().history_hours * 3600),
+            max_id_bytes: usize::from(self.max_id_bytes),
+            max_campaigns: self.max_campaigns,
+            max_dedup_keys: self.max_dedup_keys,
+        }
+    }
+
+    /// What the edge enforces before the router.
+    pub fn edge(&self) -> EdgeSettings {
+        EdgeSettings {
+            max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
+            max_in_flight: self.max_in_flight as usize,
+            body_read_timeout: self.body_read_timeout,
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            cors_allowed_origins: self.cors_allowed_origins.clone(),
+        }
+    }
+
+    /// The accept loop's limits.
+    pub fn connections(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+            // hyper's hard cap on a connection's read buffer: well above
+            // MAX_HEADER_BYTES, whose friendlier JSON 431 the edge answers.
+            max_buf_bytes: usize::try_from(self.max_header_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(4),
+        }
+    }
+
+    /// Where the API keys come from.
+    pub fn api_keys(&self) -> KeySources {
+        KeySources {
+            inline: self.api_keys.as_ref().map(|s| s.expose().to_owned()),
+            file: self.api_keys_file.clone(),
+        }
+    }
+
+    /// The log line format.
+    pub fn log_format(&self) -> LogFormat {
+        match self.log_format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 /// Longest timeout or clock skew accepted. Each becomes a deadline
@@ -494,30 +578,7 @@ mod tests {
         assert_eq!(c.ttl, Duration::from_secs(3600));
         assert_eq!(c.impressions_queue_size, 1000);
         assert_eq!(c.dedup_scope, ScopeArg::Ad);
-        assert!(c.workers() >= 1);
-    }
-
-    #[test]
-    fn durations_accept_units_and_bare_seconds() {
-        for (text, secs) in [
-            ("3600s", 3600),
-            ("90m", 5400),
-            ("1h", 3600),
-            ("2s", 2),
-            ("120", 120),
-        ] {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_secs(secs)),
-                "{text}"
-            );
-        }
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("expected a duration")
-        );
+        assert!(c.ingest().workers >= 1);
     }
 
     #[test]

@@ -14,9 +14,14 @@
 //! layer stack per request; tower-http's CORS layer alone (which clones its
 //! lists) cost more than the rest together on the single-impression path.
 //! Here a request pays one boxed future for all of it. The edge runs before
-//! routing, so it names the route from the raw path
-//! ([`metrics::route_template`]), and it hands `POST /api/v1/impressions`,
-//! by far the most requested route, straight to its handler.
+//! routing, so it classifies the raw path with the route table
+//! ([`crate::paths`]), and it hands `POST /api/v1/impressions`, by far the
+//! most requested route, to [`EdgeRoutes::track`] without the router.
+//!
+//! The edge knows routes only through [`crate::paths`] and the
+//! [`EdgeRoutes`] it is given: the application's composition
+//! ([`crate::startup::app`]) plugs the routes in, so the layers point one
+//! way.
 //!
 //! The edge is written so that a request writes no memory that requests on
 //! other cores write too (a cache line written from two cores moves between
@@ -31,7 +36,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -44,8 +49,40 @@ use tower::Service;
 
 use crate::error::ApiError;
 use crate::limits::DeadlineBody;
-use crate::metrics::{self, Metrics};
-use crate::routes::{AppState, impressions, pixel};
+use crate::metrics::Metrics;
+use crate::paths::{self, Route};
+
+/// What the edge enforces, from the configuration.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// Largest total header size, in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most API requests handled at once (503 beyond).
+    pub max_in_flight: usize,
+    /// Time to send a body (408 beyond).
+    pub body_read_timeout: Duration,
+    /// Largest request body other than a batch's, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Origins allowed to call tracking routes from browsers; `*` for any.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// What the edge calls besides the router.
+pub trait EdgeRoutes: Send + Sync + 'static {
+    /// Serves `POST` on [`paths::TRACK`], exactly as the router's handler
+    /// for it would (the edge calls it directly: matching the hot route in
+    /// the router cost about a tenth of a single-impression request). The
+    /// body already carries the edge's limit and deadline.
+    fn track(&self, request: Request<Body>) -> impl Future<Output = Response> + Send + '_;
+
+    /// The answer to a request on `route` that the edge refused (headers too
+    /// large, load shed). The JSON error, unless a route must answer in its
+    /// own format (the pixel answers its GIF whatever happens).
+    fn refusal(&self, route: Option<&Route>, error: ApiError) -> Response {
+        let _ = route;
+        error.into_response()
+    }
+}
 
 /// Which origins may call the tracking routes from a browser.
 #[derive(Debug)]
@@ -55,22 +92,22 @@ enum AllowedOrigins {
 }
 
 /// What the edge middleware needs, shared by every request.
-pub struct Edge {
+pub struct Edge<R> {
     metrics: Arc<Metrics>,
     in_flight: InFlight,
     max_header_bytes: usize,
-    body_read_timeout: std::time::Duration,
+    body_read_timeout: Duration,
     body_limit: DefaultBodyLimit,
     max_body_bytes: usize,
     origins: AllowedOrigins,
-    /// For the single-impression route, called without the router.
-    state: AppState,
+    /// The single-impression route, called without the router.
+    routes: R,
 }
 
-impl Edge {
-    /// The edge for the application's settings.
-    pub fn new(state: AppState) -> Self {
-        let settings = &state.settings;
+impl<R: EdgeRoutes> Edge<R> {
+    /// The edge for these settings, recording into `metrics`, calling
+    /// `routes`.
+    pub fn new(settings: &EdgeSettings, metrics: Arc<Metrics>, routes: R) -> Self {
         let origins = if settings
             .cors_allowed_origins
             .iter()
@@ -87,7 +124,7 @@ impl Edge {
             )
         };
         Edge {
-            metrics: Arc::clone(&state.metrics),
+            metrics,
             in_flight: InFlight {
                 count: AtomicUsize::new(0),
                 limit: settings.max_in_flight,
@@ -97,7 +134,7 @@ impl Edge {
             body_limit: DefaultBodyLimit::max(settings.max_body_bytes),
             max_body_bytes: settings.max_body_bytes,
             origins,
-            state,
+            routes,
         }
     }
 
@@ -145,30 +182,24 @@ impl Drop for InFlightSlot<'_> {
     }
 }
 
-/// Tracking routes: open to browsers (CORS).
-fn is_tracking(route: &str) -> bool {
-    route.starts_with("/api/v1/impressions")
-}
-
-/// API routes: shed under overload. Health, readiness, metrics and docs
-/// are never shed, so probes still work on an overloaded node.
-fn is_sheddable(route: &str) -> bool {
-    route.starts_with("/api/")
-}
-
 /// The edge around the whole router: what the server serves. Each
 /// connection gets its own handle from [`WithEdge::connection`].
-#[derive(Clone)]
-pub struct WithEdge(Arc<Shared>);
+pub struct WithEdge<R>(Arc<Shared<R>>);
 
-struct Shared {
-    edge: Edge,
+impl<R> Clone for WithEdge<R> {
+    fn clone(&self) -> Self {
+        WithEdge(Arc::clone(&self.0))
+    }
+}
+
+struct Shared<R> {
+    edge: Edge<R>,
     router: Router,
 }
 
-impl WithEdge {
+impl<R: EdgeRoutes> WithEdge<R> {
     /// `router` behind `edge`.
-    pub fn new(edge: Edge, router: Router) -> Self {
+    pub fn new(edge: Edge<R>, router: Router) -> Self {
         WithEdge(Arc::new(Shared { edge, router }))
     }
 
@@ -179,7 +210,7 @@ impl WithEdge {
     /// would write its reference count from every core for every request,
     /// and that cache line would bounce between cores; a connection's own
     /// handle is only touched by the thread serving that connection.
-    pub fn connection(&self) -> (ConnectionService, IdleWatch) {
+    pub fn connection(&self) -> (ConnectionService<R>, IdleWatch<R>) {
         let conn = Arc::new(Connection {
             shared: Arc::clone(&self.0),
             opened: Instant::now(),
@@ -190,8 +221,8 @@ impl WithEdge {
 }
 
 /// One connection's state.
-struct Connection {
-    shared: Arc<Shared>,
+struct Connection<R> {
+    shared: Arc<Shared<R>>,
     opened: Instant,
     /// Nanoseconds after `opened` when the connection last became idle (its
     /// last answer was ready), or [`BUSY`] while a request is served.
@@ -201,7 +232,7 @@ struct Connection {
 /// `idle_since` while a request is being served.
 const BUSY: u64 = u64::MAX;
 
-impl Connection {
+impl<R> Connection<R> {
     fn mark_busy(&self) {
         self.idle_since.store(BUSY, Ordering::Relaxed);
     }
@@ -214,9 +245,9 @@ impl Connection {
 }
 
 /// Watches a connection for idleness: see [`IdleWatch::spawn`].
-pub struct IdleWatch(Arc<Connection>);
+pub struct IdleWatch<R>(Arc<Connection<R>>);
 
-impl IdleWatch {
+impl<R: EdgeRoutes> IdleWatch<R> {
     /// Starts watching; the receiver completes once the connection has
     /// waited `limit` for a request (none since it opened or since its last
     /// answer): a client that trickles its headers, or a keep-alive
@@ -229,7 +260,7 @@ impl IdleWatch {
     /// wheel, under its lock). Here a connection has one timer, in a task of
     /// its own, which wakes at most once per `limit` while requests keep
     /// coming; the connection's task only polls a one-shot receiver.
-    pub fn spawn(self, limit: std::time::Duration) -> oneshot::Receiver<()> {
+    pub fn spawn(self, limit: Duration) -> oneshot::Receiver<()> {
         let (mut expired, receiver) = oneshot::channel();
         tokio::spawn(async move {
             let fired = tokio::select! {
@@ -243,7 +274,7 @@ impl IdleWatch {
         receiver
     }
 
-    async fn expired(&self, limit: std::time::Duration) {
+    async fn expired(&self, limit: Duration) {
         let conn = &self.0;
         let sleep = tokio::time::sleep(limit);
         tokio::pin!(sleep);
@@ -254,7 +285,7 @@ impl IdleWatch {
                 sleep.as_mut().reset((Instant::now() + limit).into());
                 continue;
             }
-            let deadline = conn.opened + std::time::Duration::from_nanos(since) + limit;
+            let deadline = conn.opened + Duration::from_nanos(since) + limit;
             if Instant::now() >= deadline {
                 return;
             }
@@ -264,10 +295,15 @@ impl IdleWatch {
 }
 
 /// The service of one connection.
-#[derive(Clone)]
-pub struct ConnectionService(Arc<Connection>);
+pub struct ConnectionService<R>(Arc<Connection<R>>);
 
-impl<B> Service<Request<B>> for ConnectionService
+impl<R> Clone for ConnectionService<R> {
+    fn clone(&self) -> Self {
+        ConnectionService(Arc::clone(&self.0))
+    }
+}
+
+impl<R: EdgeRoutes, B> Service<Request<B>> for ConnectionService<R>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -292,7 +328,7 @@ where
     }
 }
 
-impl Edge {
+impl<R: EdgeRoutes> Edge<R> {
     /// Serves one request; returns the answer and when it was ready.
     async fn serve<B>(&self, router: &Router, request: Request<B>) -> (Response, Instant)
     where
@@ -301,13 +337,12 @@ impl Edge {
     {
         let started = Instant::now();
         let method = request.method().clone();
-        let (route, name) = self
-            .metrics
-            .request_route(metrics::route_template(request.uri().path()));
-        let response = self.handle(name, router, request).await;
+        let route = paths::route_of(request.uri().path());
+        let (label, _) = self.metrics.request_route(route);
+        let response = self.handle(route, router, request).await;
         let finished = Instant::now();
         self.metrics.observe_request(
-            route,
+            label,
             method.as_str(),
             response.status().as_u16(),
             finished.saturating_duration_since(started).as_secs_f64(),
@@ -315,7 +350,12 @@ impl Edge {
         (response, finished)
     }
 
-    async fn handle<B>(&self, route: &str, router: &Router, request: Request<B>) -> Response
+    async fn handle<B>(
+        &self,
+        route: Option<&'static Route>,
+        router: &Router,
+        request: Request<B>,
+    ) -> Response
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -326,11 +366,12 @@ impl Edge {
                 "the request line and headers take {size} bytes; at most {} are accepted (MAX_HEADER_BYTES)",
                 self.max_header_bytes
             ));
-            return refuse(route, error);
+            return self.routes.refusal(route, error);
         }
 
-        let direct = route == impressions::ROUTE && request.method() == Method::POST;
-        let cors = is_tracking(route);
+        let direct =
+            route.is_some_and(|r| r.path == paths::TRACK) && request.method() == Method::POST;
+        let cors = route.is_some_and(Route::is_tracking);
         if cors && request.method() == Method::OPTIONS {
             return preflight(self, request.headers());
         }
@@ -340,7 +381,7 @@ impl Edge {
             None
         };
 
-        let _slot = if is_sheddable(route) {
+        let _slot = if route.is_some_and(Route::is_sheddable) {
             match self.in_flight.try_take() {
                 Some(slot) => Some(slot),
                 None => {
@@ -348,7 +389,7 @@ impl Edge {
                         "the server is at its limit of requests in flight (MAX_IN_FLIGHT); retry shortly"
                             .into(),
                     );
-                    return refuse(route, error);
+                    return self.routes.refusal(route, error);
                 }
             }
         } else {
@@ -369,11 +410,8 @@ impl Edge {
             } else {
                 request.map(Body::new)
             };
-            // The hot route, called directly: matching it in the router
-            // (path lookup, matched-path and parameter extensions, a boxed
-            // route future) cost about a tenth of a single-impression
-            // request. Same handler, same extractors, same answers.
-            impressions::track_direct(&self.state, request).await
+            // The hot route, called directly (see `EdgeRoutes::track`).
+            self.routes.track(request).await
         } else {
             let mut request = if has_body {
                 request.map(|body| Body::new(DeadlineBody::new(body, timeout)))
@@ -395,20 +433,9 @@ impl Edge {
     }
 }
 
-/// A refusal at the edge: the JSON error, except on the pixel, which
-/// answers its GIF with the reason in `X-Impression-Error` whatever refused
-/// it, so an `<img>` never shows as broken on a page.
-fn refuse(route: &str, error: ApiError) -> Response {
-    if route == pixel::ROUTE {
-        pixel::refusal(&error)
-    } else {
-        error.into_response()
-    }
-}
-
 /// Answers a CORS preflight: the origin if allowed, the methods and the one
 /// request header tracking needs, and how long to cache the answer.
-fn preflight(edge: &Edge, headers: &HeaderMap) -> Response {
+fn preflight<R: EdgeRoutes>(edge: &Edge<R>, headers: &HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let Some(origin) = edge.allow_origin(headers.get(header::ORIGIN)) else {
         return response;

@@ -8,13 +8,13 @@ use crate::error::ApiError;
 use crate::routes::batch::{Format, split_items};
 use crate::routes::impressions::TrackImpressionRequest;
 
-pub use crate::config::parse_duration;
 pub use crate::routes::admission::EventTime;
 pub use crate::storage::disk::frame::{Ending, FrameReader, ReadError, encode_frame};
 pub use crate::storage::disk::record::{
     Counted, LogRecord, SnapshotSection, begin_counted, decode_log, decode_section,
     encode_campaign, encode_section, push_counted,
 };
+pub use crate::timefmt::parse_duration;
 pub use crate::timefmt::{format_rfc3339, parse_rfc3339};
 
 /// Splits a batch body as `POST /api/v1/impressions/batch` does: a JSON

@@ -35,9 +35,30 @@ use tokio::sync::{Mutex, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MAX_WORKER_BATCH;
 use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError};
+
+/// The queue and its workers, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct IngestSettings {
+    /// Impressions the queue holds (`IMPRESSIONS_QUEUE_SIZE`).
+    pub queue_size: usize,
+    /// Workers draining it.
+    pub workers: usize,
+    /// How long a handler waits for room before answering 503.
+    pub enqueue_timeout: Duration,
+}
+
+/// Most impressions a worker applies in one call to the store: large enough
+/// that a busy queue is applied in few calls, small enough that no call
+/// holds a runtime thread (or a Redis script) for long.
+pub const MAX_WORKER_BATCH: usize = 1024;
+
+/// How late an impression may reach the engine after it was received: the
+/// time it can spend in the queue. Dedup entries are kept this much longer
+/// than the TTL so such an impression still finds its key. Generous on
+/// purpose: it costs memory only in proportion to `INGEST_GRACE / TTL`.
+pub const INGEST_GRACE: Duration = Duration::from_secs(30);
 
 /// Answers a job once its impressions were applied: one outcome each, in order.
 pub type Completion = oneshot::Sender<Result<Vec<TrackOutcome>, StoreError>>;

@@ -34,6 +34,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod paths;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

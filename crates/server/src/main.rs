@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     // Invalid configuration exits here (status 2) with clap's message,
     // before anything binds.
     let config = Config::parse();
-    telemetry::init(&config.rust_log, config.log_format);
+    telemetry::init(&config.rust_log, config.log_format());
     // Before any request can start the parse threads.
     bulk::set_parse_priority(config.batch_parse_priority);
 

@@ -26,7 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::edge::WithEdge;
+use crate::edge::{EdgeRoutes, WithEdge};
 use crate::error::ApiError;
 
 /// Connection-level limits.
@@ -46,9 +46,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (at most 30 s) for requests in flight to finish.
-pub async fn serve(
+pub async fn serve<R: EdgeRoutes>(
     listener: TcpListener,
-    app: WithEdge,
+    app: WithEdge<R>,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {

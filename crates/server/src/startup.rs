@@ -1,15 +1,20 @@
-//! Building the application from its configuration, and running it until
-//! it is told to stop.
+//! The application's composition: building it from its configuration, and
+//! running it until it is told to stop.
 //!
 //! [`Application::build`] binds the listener (port 0 picks a free one, which
 //! is how tests run many servers at once), starts the ingest workers and the
 //! housekeeping task, and wires the router. [`Application::run_until_stopped`]
-//! serves until the given future resolves, then shuts down in order.
+//! serves until the given future resolves, then shuts down in order. [`app`]
+//! is what is served: the router behind the edge, with the routes plugged
+//! into the edge. Tests that need no socket call it directly.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::http::Request;
+use axum::response::{IntoResponse, Response};
 use impression_core::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -17,9 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
+use crate::edge::{Edge, EdgeRoutes, EdgeSettings, WithEdge};
+use crate::error::ApiError;
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
 use crate::metrics::Metrics;
-use crate::routes::{self, ApiSettings, AppState};
+use crate::openapi;
+use crate::paths::{self, Route};
+use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits};
 use crate::storage::{self, Store};
 
@@ -30,10 +39,10 @@ pub enum StartupError {
     #[error(transparent)]
     ApiKeys(#[from] crate::auth::KeyFileError),
     /// The storage backend could not be opened.
-    #[error("cannot open the {kind:?} storage: {source}")]
+    #[error("cannot open the {backend} storage: {source}")]
     Storage {
         /// Which backend.
-        kind: crate::config::StorageKind,
+        backend: &'static str,
         /// The cause.
         source: crate::storage::StoreError,
     },
@@ -47,11 +56,37 @@ pub enum StartupError {
     },
 }
 
+/// What the server serves: the routes and the API docs behind the edge,
+/// the edge calling the hot route through the state.
+pub fn app(state: AppState, edge: &EdgeSettings) -> WithEdge<AppState> {
+    let edge = Edge::new(edge, Arc::clone(&state.metrics), state.clone());
+    let router = routes::router(state).merge(openapi::docs());
+    WithEdge::new(edge, routes::with_error_fallbacks(router))
+}
+
+/// The edge calls the hot route and renders its refusals through the
+/// state: see [`EdgeRoutes`].
+impl EdgeRoutes for AppState {
+    async fn track(&self, request: Request<Body>) -> Response {
+        routes::impressions::track_direct(self, request).await
+    }
+
+    /// The pixel answers its GIF with the reason in `X-Impression-Error`
+    /// whatever refused it, so an `<img>` never shows as broken on a page.
+    fn refusal(&self, route: Option<&Route>, error: ApiError) -> Response {
+        match route {
+            Some(route) if route.path == paths::PIXEL => routes::pixel::refusal(&error),
+            _ => error.into_response(),
+        }
+    }
+}
+
 /// A built, not yet running, application.
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
+    edge: EdgeSettings,
     store: Arc<dyn Store>,
     limits: ConnectionLimits,
     workers: Workers,
@@ -64,10 +99,11 @@ impl Application {
     /// implies.
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = storage::open(config, Arc::clone(&clock))
+        let settings = config.storage();
+        let store = storage::open(&settings, Arc::clone(&clock))
             .await
             .map_err(|source| StartupError::Storage {
-                kind: config.storage_kind(),
+                backend: settings.backend.name(),
                 source,
             })?;
         Self::build_with(config, store, clock).await
@@ -80,7 +116,7 @@ impl Application {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
-        let api_keys = Arc::new(ApiKeys::from_config(config)?);
+        let api_keys = Arc::new(ApiKeys::load(config.api_keys())?);
         if api_keys.enabled() {
             crate::auth::reload_on_sighup(Arc::clone(&api_keys));
         } else {
@@ -98,12 +134,10 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
 
         let metrics = Arc::new(Metrics::new());
-        let (queue, rx) = IngestQueue::new(
-            config.impressions_queue_size as usize,
-            config.enqueue_timeout,
-        );
+        let ingest = config.ingest();
+        let (queue, rx) = IngestQueue::new(ingest.queue_size, ingest.enqueue_timeout);
         let workers = Workers::spawn(
-            config.workers(),
+            ingest.workers,
             rx,
             Arc::clone(&store),
             Arc::clone(&clock),
@@ -120,14 +154,14 @@ impl Application {
             clock,
             queue,
             metrics,
-            ApiSettings::from(config),
+            config.api(),
             api_keys,
         );
         tracing::info!(
             %addr,
             ttl = ?config.ttl,
-            queue = config.impressions_queue_size,
-            workers = config.workers(),
+            queue = ingest.queue_size,
+            workers = ingest.workers,
             scope = ?config.dedup_scope,
             storage = ?config.storage_kind(),
             "impression-counter listening"
@@ -136,14 +170,9 @@ impl Application {
             listener,
             addr,
             state,
+            edge: config.edge(),
             store,
-            limits: ConnectionLimits {
-                max_connections: config.max_connections as usize,
-                header_read_timeout: config.header_read_timeout,
-                max_buf_bytes: usize::try_from(config.max_header_bytes)
-                    .unwrap_or(usize::MAX)
-                    .saturating_mul(4),
-            },
+            limits: config.connections(),
             workers,
             maintenance,
             stop_maintenance,
@@ -167,7 +196,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        let app = routes::app(self.state);
+        let app = app(self.state, &self.edge);
         server::serve(self.listener, app, self.limits, async move {
             shutdown.await;
             state.begin_shutdown();

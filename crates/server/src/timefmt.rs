@@ -1,5 +1,8 @@
-//! RFC 3339 text for timestamps at the API edge. The core only knows
-//! milliseconds since the epoch.
+//! Time as text, at the API edge and in settings: RFC 3339 instants and
+//! durations like `90m`. The core only knows milliseconds since the epoch
+//! and `Duration`s.
+
+use std::time::Duration;
 
 use impression_core::Timestamp;
 use time::OffsetDateTime;
@@ -15,6 +18,17 @@ pub fn format_rfc3339(t: Timestamp) -> String {
         .and_then(|dt| dt.format(&Rfc3339).ok())
         // Timestamps come from parsed RFC 3339 or the clock: always in range.
         .unwrap_or_else(|| format!("@{}ms", t.as_millis()))
+}
+
+/// Parses `3600s`, `90m`, `1h`, `1h 30m`, `250ms`, or a bare number of
+/// seconds. The error says what was expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: expected a duration like `3600s`, `90m`, `1h` or `250ms`"))
 }
 
 /// The last instant RFC 3339 can write in UTC: 9999-12-31T23:59:59.999Z.
@@ -46,6 +60,29 @@ pub fn parse_rfc3339(field: &str, text: &str) -> Result<Timestamp, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        for (text, secs) in [
+            ("3600s", 3600),
+            ("90m", 5400),
+            ("1h", 3600),
+            ("2s", 2),
+            ("120", 120),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("expected a duration")
+        );
+    }
 
     #[test]
     fn round_trips_and_normalises_offsets_to_utc() {

@@ -32,6 +32,7 @@ use self::striped::{
     CounterCollector, HistogramCollector, Labels, RequestLatency, StripedCounter, StripedHistogram,
 };
 
+use crate::paths::{self, Route};
 use crate::storage::StoreGauges;
 
 /// Why an impression was refused before it was counted.
@@ -64,90 +65,6 @@ impl RejectReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
-}
-
-/// Every route template, so a request's label is a static string, never
-/// one derived from a client-chosen path.
-const ROUTES: &[&str] = &[
-    "/api/v1/impressions",
-    "/api/v1/impressions/batch",
-    "/api/v1/impressions/pixel.gif",
-    "/api/v1/campaigns",
-    "/api/v1/campaigns/{id}",
-    "/api/v1/campaigns/{id}/stats",
-    "/api/v1/campaigns/{id}/timeseries",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/docs",
-    "/docs/",
-    "/docs/{*rest}",
-];
-
-/// The route template a raw request path falls under, as axum's router
-/// would match it: `{id}` is one non-empty segment, `{*rest}` one or more.
-/// `None` for a path no route serves. The edge runs before the router, so
-/// it classifies the path itself; `every_route_template_classifies_as_itself`
-/// keeps this in step with `ROUTES`.
-pub fn route_template(path: &str) -> Option<&'static str> {
-    // The tracking routes, by far the most requested, without splitting.
-    if let Some(exact) = ROUTES[..3].iter().find(|r| **r == path) {
-        return Some(exact);
-    }
-    // At most five segments matter; a sixth means no route (but a catch-all).
-    let mut segments = path.strip_prefix('/')?.splitn(6, '/');
-    let mut next = || segments.next();
-    let parts = [next(), next(), next(), next(), next(), next()];
-    let id = |s: &str| !s.is_empty();
-    let template = match parts {
-        [Some("api"), Some("v1"), Some("impressions"), None, ..] => "/api/v1/impressions",
-        [
-            Some("api"),
-            Some("v1"),
-            Some("impressions"),
-            Some("batch"),
-            None,
-            _,
-        ] => "/api/v1/impressions/batch",
-        [
-            Some("api"),
-            Some("v1"),
-            Some("impressions"),
-            Some("pixel.gif"),
-            None,
-            _,
-        ] => "/api/v1/impressions/pixel.gif",
-        [Some("api"), Some("v1"), Some("campaigns"), None, ..] => "/api/v1/campaigns",
-        [Some("api"), Some("v1"), Some("campaigns"), Some(i), None, _] if id(i) => {
-            "/api/v1/campaigns/{id}"
-        }
-        [
-            Some("api"),
-            Some("v1"),
-            Some("campaigns"),
-            Some(i),
-            Some("stats"),
-            None,
-        ] if id(i) => "/api/v1/campaigns/{id}/stats",
-        [
-            Some("api"),
-            Some("v1"),
-            Some("campaigns"),
-            Some(i),
-            Some("timeseries"),
-            None,
-        ] if id(i) => "/api/v1/campaigns/{id}/timeseries",
-        [Some("healthz"), None, ..] => "/healthz",
-        [Some("readyz"), None, ..] => "/readyz",
-        [Some("metrics"), None, ..] => "/metrics",
-        [Some("openapi.json"), None, ..] => "/openapi.json",
-        [Some("docs"), None, ..] => "/docs",
-        [Some("docs"), Some(""), None, ..] => "/docs/",
-        [Some("docs"), Some(_), ..] => "/docs/{*rest}",
-        _ => return None,
-    };
-    Some(template)
 }
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
@@ -213,7 +130,7 @@ impl Metrics {
             live_keys: Gauge::default(),
             campaigns: Gauge::default(),
             requests: Arc::new(RequestLatency::new(Labels {
-                routes: ROUTES,
+                routes: paths::ROUTES,
                 methods: METHODS,
                 statuses: STATUSES,
             })),
@@ -326,10 +243,10 @@ impl Metrics {
         out
     }
 
-    /// The route a request matched (its template, if any), as a label
-    /// index and its static name (`other`, `unmatched` when not listed).
-    pub fn request_route(&self, template: Option<&str>) -> (usize, &'static str) {
-        let index = self.requests.route_index(template);
+    /// The route a request matched, if any, as a label index and its
+    /// static name (`unmatched` when no route serves the path).
+    pub fn request_route(&self, route: Option<&Route>) -> (usize, &'static str) {
+        let index = self.requests.route_index(route);
         (index, self.requests.route_name(index))
     }
 
@@ -343,44 +260,4 @@ impl Metrics {
 
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_route_template_classifies_as_itself() {
-        for template in ROUTES {
-            let path = template
-                .replace("{id}", "0190c4c2-6e4b-7c2a-9a4e-1f2e3d4c5b6a")
-                .replace("{*rest}", "swagger-ui.css");
-            assert_eq!(route_template(&path), Some(*template), "{path}");
-        }
-        assert_eq!(
-            route_template("/docs/a/b.js"),
-            Some("/docs/{*rest}"),
-            "a catch-all takes several segments"
-        );
-    }
-
-    #[test]
-    fn paths_no_route_serves_are_unmatched() {
-        for path in [
-            "",
-            "/",
-            "/api",
-            "/api/v1",
-            "/api/v1/campaigns/",
-            "/api/v1/campaigns//stats",
-            "/api/v1/campaigns/x/stats/more",
-            "/api/v1/impressions/",
-            "/API/v1/impressions",
-            "/healthz/",
-            "/metrics/x",
-            "healthz",
-        ] {
-            assert_eq!(route_template(path), None, "{path:?}");
-        }
-    }
 }

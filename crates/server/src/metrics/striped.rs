@@ -17,6 +17,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
+use crate::paths::Route;
+
 const STRIPES: usize = 16;
 /// Most buckets (+Inf included).
 const MAX_BUCKETS: usize = 24;
@@ -206,9 +208,9 @@ impl Collector for HistogramCollector {
 
 /// Route templates, methods and statuses a request is labelled with.
 pub struct Labels {
-    /// Route templates; a request matching none is `other`, no route at all
-    /// `unmatched`.
-    pub routes: &'static [&'static str],
+    /// The routes; a request matching none is `unmatched` (`other` is kept
+    /// for a route missing from the list, which the table rules out).
+    pub routes: &'static [Route],
     /// Methods; others are `OTHER`.
     pub methods: &'static [&'static str],
     /// Statuses with their label text; others are labelled `other`.
@@ -249,14 +251,14 @@ impl RequestLatency {
         }
     }
 
-    /// The route's index: its template's, `other`, or `unmatched` (`None`).
-    pub fn route_index(&self, template: Option<&str>) -> usize {
-        match template {
-            Some(t) => self
+    /// The route's index: its own, `other`, or `unmatched` (`None`).
+    pub fn route_index(&self, route: Option<&Route>) -> usize {
+        match route {
+            Some(route) => self
                 .labels
                 .routes
                 .iter()
-                .position(|r| *r == t)
+                .position(|r| r.path == route.path)
                 .unwrap_or(self.labels.routes.len()),
             None => self.labels.routes.len() + 1,
         }
@@ -293,7 +295,7 @@ impl RequestLatency {
         self.labels
             .routes
             .get(i)
-            .copied()
+            .map(|r| r.path)
             .unwrap_or(if i == self.labels.routes.len() {
                 "other"
             } else {

@@ -29,6 +29,7 @@ use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_e
 use super::impressions::{TrackImpressionRequest, TrackParams};
 use crate::bulk::{self, Bulk};
 use crate::error::{ApiError, ApiQuery, ErrorBody};
+use crate::paths;
 
 /// One refused item of a batch.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -106,7 +107,7 @@ pub(crate) enum Format {
 /// Tracks a batch of impressions.
 #[utoipa::path(
     post,
-    path = "/api/v1/impressions/batch",
+    path = paths::TRACK_BATCH,
     tag = "impressions",
     params(TrackParams),
     request_body(

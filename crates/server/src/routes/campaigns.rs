@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, parse_campaign_id};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use crate::paths;
 use crate::timefmt::{format_rfc3339, parse_rfc3339};
 
 /// How far in the past a start time may be: the original service demanded a
@@ -103,7 +104,7 @@ pub struct ListParams {
 /// Registers a campaign.
 #[utoipa::path(
     post,
-    path = "/api/v1/campaigns",
+    path = paths::CAMPAIGNS,
     tag = "campaigns",
     request_body = CreateCampaignRequest,
     responses(
@@ -167,7 +168,7 @@ pub async fn create_campaign(
 /// Reads one campaign.
 #[utoipa::path(
     get,
-    path = "/api/v1/campaigns/{id}",
+    path = paths::CAMPAIGN,
     tag = "campaigns",
     params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)")),
     responses(
@@ -193,7 +194,7 @@ pub async fn get_campaign(
 /// Lists campaigns, a page at a time.
 #[utoipa::path(
     get,
-    path = "/api/v1/campaigns",
+    path = paths::CAMPAIGNS,
     tag = "campaigns",
     params(ListParams),
     responses(

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::paths;
 
 /// A health answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -18,7 +19,7 @@ pub struct Health {
 }
 
 /// Liveness: the process is up and serving HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = paths::HEALTHZ, tag = "operations",
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health {
@@ -27,7 +28,7 @@ pub async fn healthz() -> Json<Health> {
 }
 
 /// Readiness: the backend is reachable and the service is not draining.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = paths::READYZ, tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Shutting down or storage unavailable", body = ErrorBody),
@@ -43,7 +44,7 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
 }
 
 /// Prometheus metrics, in the OpenMetrics text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = paths::METRICS, tag = "operations",
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let text = app.metrics.render(app.queue.depth(), app.store.gauges());

@@ -16,9 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
 use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
-
-/// The route's path.
-pub const ROUTE: &str = "/api/v1/impressions";
+use crate::paths;
 
 /// Body of `POST /api/v1/impressions`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -79,7 +77,7 @@ pub enum ProcessedStatus {
 /// Tracks one impression.
 #[utoipa::path(
     post,
-    path = "/api/v1/impressions",
+    path = paths::TRACK,
     tag = "impressions",
     params(TrackParams),
     request_body = TrackImpressionRequest,

@@ -11,7 +11,8 @@
 //! * [`health`]: liveness, readiness and Prometheus metrics.
 //!
 //! The API description (`/openapi.json`) and its docs page (`/docs`) are
-//! built in [`crate::openapi`].
+//! built in [`crate::openapi`] from these handlers' annotations and added
+//! by the application's composition ([`crate::startup::app`]).
 
 pub mod admission;
 pub mod batch;
@@ -34,15 +35,15 @@ use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
 
 use crate::auth::{self, ApiKeys};
-use crate::config::Config;
-use crate::edge::{Edge, WithEdge};
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
-use crate::openapi;
+use crate::paths;
 use crate::storage::Store;
 
-/// Request-level limits and settings, from the configuration.
+/// What the handlers enforce, from the configuration. (Limits on
+/// connections, headers and bodies are the edge's:
+/// [`EdgeSettings`](crate::edge::EdgeSettings).)
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
     /// How far ahead of the clock an event timestamp may be.
@@ -63,37 +64,6 @@ pub struct ApiSettings {
     pub max_campaigns: u64,
     /// Most live dedup keys, if limited.
     pub max_dedup_keys: Option<u64>,
-    /// Largest request body (other than batches), in bytes.
-    pub max_body_bytes: usize,
-    /// Largest total header size, in bytes.
-    pub max_header_bytes: usize,
-    /// Most requests handled at once.
-    pub max_in_flight: usize,
-    /// Time to send a body.
-    pub body_read_timeout: Duration,
-    /// Origins allowed to call tracking endpoints from browsers.
-    pub cors_allowed_origins: Vec<String>,
-}
-
-impl From<&Config> for ApiSettings {
-    fn from(c: &Config) -> Self {
-        ApiSettings {
-            max_clock_skew: c.max_clock_skew,
-            max_event_age: c.max_event_age,
-            batch_max_items: c.batch_max_items as usize,
-            batch_max_bytes: usize::try_from(c.batch_max_bytes).unwrap_or(usize::MAX),
-            pixel_cookie: c.pixel_cookie.clone(),
-            history: Duration::from_secs(c.engine().history_hours * 3600),
-            max_id_bytes: usize::from(c.max_id_bytes),
-            max_campaigns: c.max_campaigns,
-            max_dedup_keys: c.max_dedup_keys,
-            max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
-            max_header_bytes: usize::try_from(c.max_header_bytes).unwrap_or(usize::MAX),
-            max_in_flight: c.max_in_flight as usize,
-            body_read_timeout: c.body_read_timeout,
-            cors_allowed_origins: c.cors_allowed_origins.clone(),
-        }
-    }
 }
 
 static NEXT_APP_ID: AtomicU64 = AtomicU64::new(0);
@@ -168,34 +138,35 @@ impl Deref for AppState {
     }
 }
 
-/// The whole HTTP surface.
+/// Every API route (the paths in [`crate::paths`]).
 ///
 /// Three groups: **tracking** (open to the world, CORS-enabled for browser
 /// beacons), **management** (campaigns, stats, time series: API key when
-/// configured), and **operations** (health, readiness and docs always open,
+/// configured), and **operations** (health and readiness always open,
 /// metrics behind the API key; never shed, so load balancers and Prometheus
 /// can still probe an overloaded node).
-/// Limits, CORS and request metrics are not here: [`app`] puts the
-/// router behind [`crate::edge`].
+/// The docs, the error fallbacks, limits, CORS and request metrics are not
+/// here: the application's composition ([`crate::startup::app`]) adds them
+/// and puts the router behind [`crate::edge`].
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let tracking = Router::new()
-        .route(impressions::ROUTE, post(impressions::track_impression))
+        .route(paths::TRACK, post(impressions::track_impression))
         .route(
-            "/api/v1/impressions/batch",
+            paths::TRACK_BATCH,
             post(batch::track_batch).layer(DefaultBodyLimit::max(settings.batch_max_bytes)),
         )
-        .route("/api/v1/impressions/pixel.gif", get(pixel::track_pixel));
+        .route(paths::PIXEL, get(pixel::track_pixel));
 
     let management = Router::new()
         .route(
-            "/api/v1/campaigns",
+            paths::CAMPAIGNS,
             post(campaigns::create_campaign).get(campaigns::list_campaigns),
         )
-        .route("/api/v1/campaigns/{id}", get(campaigns::get_campaign))
-        .route("/api/v1/campaigns/{id}/stats", get(stats::campaign_stats))
+        .route(paths::CAMPAIGN, get(campaigns::get_campaign))
+        .route(paths::CAMPAIGN_STATS, get(stats::campaign_stats))
         .route(
-            "/api/v1/campaigns/{id}/timeseries",
+            paths::CAMPAIGN_TIMESERIES,
             get(timeseries::campaign_timeseries),
         )
         .route_layer(axum::middleware::from_fn_with_state(
@@ -206,35 +177,27 @@ pub fn router(state: AppState) -> Router {
     let api = tracking.merge(management).with_state(state.clone());
 
     let metrics_route = Router::new()
-        .route("/metrics", get(health::metrics))
+        .route(paths::METRICS, get(health::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.api_keys),
             auth::require_key,
         ));
     let operations = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route(paths::HEALTHZ, get(health::healthz))
+        .route(paths::READYZ, get(health::readyz))
         .merge(metrics_route)
         .with_state(state.clone());
 
-    Router::new()
-        .merge(api)
-        .merge(operations)
-        .merge(openapi::docs())
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    Router::new().merge(api).merge(operations)
 }
 
-/// What the server serves: [`router`] behind the [edge](crate::edge) (limits, CORS,
-/// shedding, request metrics, the default body limit).
-///
-/// The edge wraps the router once instead of being one of its layers:
-/// every `Router::layer` boxes each route again and clones the layer per
-/// request, which under callgrind cost about as much as the handler's own
-/// work on the single-impression path (see BENCHMARKS.md).
-pub fn app(state: AppState) -> WithEdge {
-    let edge = Edge::new(state.clone());
-    WithEdge::new(edge, router(state))
+/// `router` with the JSON answers for an unknown path (404) and a wrong
+/// method (405). Applied once the whole surface is merged: axum gives a
+/// route the 405 fallback only if it exists when the fallback is set.
+pub fn with_error_fallbacks(router: Router) -> Router {
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::admission::{Admission, EventTime, enqueue, reject_reason};
 use crate::error::ApiError;
+use crate::paths;
 
 /// A 1x1 transparent GIF (GIF89a, 43 bytes).
 pub const TRANSPARENT_GIF: &[u8] = &[
@@ -30,9 +31,6 @@ pub const TRANSPARENT_GIF: &[u8] = &[
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]
 pub struct Gif(pub Vec<u8>);
-
-/// The pixel's route.
-pub const ROUTE: &str = "/api/v1/impressions/pixel.gif";
 
 /// The header carrying the reason a pixel impression was refused.
 pub const ERROR_HEADER: &str = "x-impression-error";
@@ -58,7 +56,7 @@ pub struct PixelParams {
 /// Tracks an impression from an image request; always answers a GIF.
 #[utoipa::path(
     get,
-    path = "/api/v1/impressions/pixel.gif",
+    path = paths::PIXEL,
     tag = "impressions",
     params(PixelParams),
     responses(

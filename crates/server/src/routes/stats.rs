@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, parse_campaign_id};
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use crate::paths;
 
 /// Counted impressions over the two windows and in total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -98,7 +99,7 @@ pub struct StatsParams {
 /// (per ad: proportional to the number of ads).
 #[utoipa::path(
     get,
-    path = "/api/v1/campaigns/{id}/stats",
+    path = paths::CAMPAIGN_STATS,
     tag = "stats",
     params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)"), StatsParams),
     responses(

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, parse_campaign_id};
-use crate::config::parse_duration;
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use crate::timefmt::format_rfc3339;
+use crate::paths;
+use crate::timefmt::{format_rfc3339, parse_duration};
 
 /// The resolutions `timeseries?resolution=` offers (for the API
 /// description; the handler reads the text itself to answer a clear error).
@@ -70,7 +70,7 @@ pub struct Series {
 /// Reads a campaign's counts per second, minute or hour.
 #[utoipa::path(
     get,
-    path = "/api/v1/campaigns/{id}/timeseries",
+    path = paths::CAMPAIGN_TIMESERIES,
     tag = "stats",
     params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)"), SeriesParams),
     responses(

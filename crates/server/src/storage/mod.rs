@@ -20,13 +20,13 @@ pub mod disk;
 pub mod memory;
 pub mod redis;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, StorageKind};
 use async_trait::async_trait;
-use impression_core::Clock;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Impression, Resolution, Stats, Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Impression, Resolution, Stats,
+    Timestamp, TrackOutcome,
 };
 use thiserror::Error;
 
@@ -134,17 +134,52 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Opens the backend the configuration names.
-pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, StoreError> {
-    match config.storage_kind() {
-        StorageKind::Memory => Ok(Arc::new(memory::MemoryStore::new(config.engine()))),
-        StorageKind::Disk => {
-            let dir = config.data_dir.clone();
-            let options = disk::DiskOptions {
-                fsync: config.fsync,
-                segment_bytes: config.log_segment_bytes,
-            };
-            let engine = config.engine();
+/// Which backend holds the state, with its own options.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded engine only: everything is lost on exit.
+    Memory,
+    /// The embedded engine, made durable in `dir`.
+    Disk {
+        /// The data directory.
+        dir: PathBuf,
+        /// How the log is written.
+        options: disk::DiskOptions,
+    },
+    /// Redis or Redis Cluster, shared by many nodes.
+    Redis(redis::RedisOptions),
+}
+
+impl Backend {
+    /// Its name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Disk { .. } => "disk",
+            Backend::Redis(_) => "redis",
+        }
+    }
+}
+
+/// Where state lives and the rules it is counted by.
+#[derive(Clone, Debug)]
+pub struct StorageSettings {
+    /// The backend.
+    pub backend: Backend,
+    /// The counting rules (TTL, scope, retention, limits).
+    pub engine: EngineConfig,
+}
+
+/// Opens the backend the settings name.
+pub async fn open(
+    settings: &StorageSettings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let engine = settings.engine.clone();
+    match &settings.backend {
+        Backend::Memory => Ok(Arc::new(memory::MemoryStore::new(engine))),
+        Backend::Disk { dir, options } => {
+            let (dir, options) = (dir.clone(), *options);
             // Loading replays files: keep it off the async threads.
             let store = tokio::task::spawn_blocking(move || {
                 disk::DiskStore::open(&dir, options, engine, clock)
@@ -154,6 +189,6 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Stor
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             Ok(Arc::new(store))
         }
-        StorageKind::Redis => Ok(Arc::new(redis::RedisStore::open(config).await?)),
+        Backend::Redis(options) => Ok(Arc::new(redis::RedisStore::open(options, &engine).await?)),
     }
 }

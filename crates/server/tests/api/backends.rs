@@ -94,7 +94,7 @@ pub async fn open_store(
     let mut all: Vec<&str> = backend_flags.iter().map(String::as_str).collect();
     all.extend_from_slice(flags);
     let config = crate::helpers::config(&all);
-    let store = impression_counter::storage::open(&config, clock)
+    let store = impression_counter::storage::open(&config.storage(), clock)
         .await
         .expect("the backend opens");
     (store, config, guard)

@@ -9,8 +9,8 @@ use impression_core::{
     AdId, Campaign, CampaignId, CampaignName, Clock, EngineConfig, Impression, ManualClock,
     Timestamp, TrackOutcome, UserId,
 };
-use impression_counter::config::FsyncPolicy;
 use impression_counter::storage::Store;
+use impression_counter::storage::disk::FsyncPolicy;
 use impression_counter::storage::disk::{DiskOptions, DiskStore};
 use serde_json::{Value, json};
 

@@ -13,6 +13,7 @@ use impression_core::{
 use impression_counter::config::Config;
 use impression_counter::startup::Application;
 use impression_counter::storage::memory::MemoryStore;
+use impression_counter::storage::redis::RedisStore;
 use impression_counter::storage::{self, Store, StoreError, StoreGauges};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -64,12 +65,21 @@ pub async fn spawn(backend: Backend, flags: &[&str]) -> TestApp {
     all.extend_from_slice(flags);
     let config = config(&all);
     let clock = Arc::new(ManualClock::new(T0));
-    let store = storage::open(&config, Arc::clone(&clock) as Arc<dyn Clock>)
+    let store = storage::open(&config.storage(), Arc::clone(&clock) as Arc<dyn Clock>)
         .await
         .expect("the backend opens");
     let mut app = spawn_app_on_clock(config, store, clock).await;
     app._guard = Some(guard);
     app
+}
+
+/// Opens the Redis store a configuration with `--storage redis` names.
+pub async fn open_redis(config: &Config) -> Result<RedisStore, StoreError> {
+    let settings = config.storage();
+    let storage::Backend::Redis(options) = &settings.backend else {
+        panic!("the test configuration does not name the Redis backend");
+    };
+    RedisStore::open(options, &settings.engine).await
 }
 
 /// The application around a given store.

@@ -26,6 +26,7 @@ mod redis_journal;
 mod redis_nodes;
 mod redis_servers;
 mod redis_store;
+mod routes;
 mod security;
 mod shutdown;
 mod stats;

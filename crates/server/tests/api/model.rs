@@ -105,7 +105,7 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
                 store.close().await.map_err(|e| e.to_string())?;
                 drop(store);
                 clock.set(Timestamp::from_millis(now));
-                store = impression_counter::storage::open(&config, clock.clone())
+                store = impression_counter::storage::open(&config.storage(), clock.clone())
                     .await
                     .map_err(|e| format!("step {step}: reopening: {e}"))?;
             }

@@ -177,7 +177,7 @@ async fn readiness_fails_once_shutdown_begins() {
     use impression_core::{EngineConfig, SystemClock};
     use impression_counter::ingest::IngestQueue;
     use impression_counter::metrics::Metrics;
-    use impression_counter::routes::{ApiSettings, AppState, router};
+    use impression_counter::routes::{AppState, router};
     use impression_counter::storage::memory::MemoryStore;
     use tower::ServiceExt;
 
@@ -187,7 +187,7 @@ async fn readiness_fails_once_shutdown_begins() {
         Arc::new(SystemClock),
         queue,
         Arc::new(Metrics::new()),
-        ApiSettings::from(&crate::helpers::config(&[])),
+        crate::helpers::config(&[]).api(),
         Arc::new(impression_counter::auth::ApiKeys::open()),
     );
     let ready = |state: AppState| async move {

@@ -57,7 +57,7 @@ async fn redis_down_means_503_and_recovery_loses_nothing_acknowledged() {
         &prefix,
     ]);
     let store = impression_counter::storage::open(
-        &config,
+        &config.storage(),
         Arc::new(impression_core::ManualClock::new(crate::helpers::T0)),
     )
     .await
@@ -169,7 +169,7 @@ async fn a_node_fails_fast_when_redis_is_unreachable() {
         &prefix,
     ]);
     let store = impression_counter::storage::open(
-        &config,
+        &config.storage(),
         Arc::new(impression_core::ManualClock::new(crate::helpers::T0)),
     )
     .await
@@ -203,7 +203,7 @@ async fn a_node_fails_fast_when_redis_is_unreachable() {
     );
     // A node cannot start without Redis, and says why.
     let error = match impression_counter::storage::open(
-        &config,
+        &config.storage(),
         Arc::new(impression_core::ManualClock::new(crate::helpers::T0)),
     )
     .await

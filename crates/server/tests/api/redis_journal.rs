@@ -27,8 +27,12 @@ async fn two_stores(flags: &[&str]) -> (RedisStore, RedisStore) {
     ];
     all.extend_from_slice(flags);
     let config = config(&all);
-    let a = RedisStore::open(&config).await.expect("the cluster opens");
-    let b = RedisStore::open(&config).await.expect("the cluster opens");
+    let a = crate::helpers::open_redis(&config)
+        .await
+        .expect("the cluster opens");
+    let b = crate::helpers::open_redis(&config)
+        .await
+        .expect("the cluster opens");
     assert!(a.is_cluster());
     (a, b)
 }
@@ -148,7 +152,7 @@ async fn a_single_node_has_no_journal() {
         "--redis-prefix",
         &prefix,
     ]);
-    let store = RedisStore::open(&config).await.unwrap();
+    let store = crate::helpers::open_redis(&config).await.unwrap();
     assert!(!store.is_cluster());
     // Faults between steps cannot happen: the chunk is one atomic script.
     store.inject_fault(Fault::AfterDedup);

@@ -23,7 +23,9 @@ async fn two_nodes(backend: Backend, flags: &[&str]) -> [TestApp; 2] {
     for _ in 0..2 {
         let config = config(&all);
         let clock: Arc<dyn Clock> = Arc::new(impression_core::ManualClock::new(crate::helpers::T0));
-        let store = storage::open(&config, clock).await.expect("Redis opens");
+        let store = storage::open(&config.storage(), clock)
+            .await
+            .expect("Redis opens");
         nodes.push(spawn_app_on(config, store).await);
     }
     let [a, b]: [TestApp; 2] = nodes.try_into().ok().expect("two nodes");

@@ -5,7 +5,6 @@ use impression_core::{
     AdId, Campaign, CampaignId, CampaignName, Impression, Stats, Timestamp, TrackOutcome, UserId,
 };
 use impression_counter::storage::Store;
-use impression_counter::storage::redis::RedisStore;
 
 use crate::helpers::{T0, config};
 use crate::redis_servers::{cluster_nodes, single_url, unique_prefix};
@@ -15,7 +14,7 @@ async fn thousands_of_ads_in_one_breakdown(flags: &[&str]) {
     let mut all = vec!["--storage", "redis", "--redis-prefix", &prefix];
     all.extend_from_slice(flags);
     all.extend_from_slice(&["--max-ads-per-campaign", "9000"]);
-    let store = RedisStore::open(&config(&all)).await.unwrap();
+    let store = crate::helpers::open_redis(&config(&all)).await.unwrap();
     let id = CampaignId::from_uuid(uuid::Uuid::now_v7());
     store
         .create_campaign(Campaign {
@@ -70,7 +69,7 @@ async fn bad_settings_are_refused_with_the_setting_named() {
     let url = single_url();
     let opened = |flags: Vec<String>| async move {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        match RedisStore::open(&config(&flags)).await {
+        match crate::helpers::open_redis(&config(&flags)).await {
             Ok(_) => panic!("opened with {flags:?}"),
             Err(e) => e.to_string(),
         }

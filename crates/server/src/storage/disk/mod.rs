@@ -63,7 +63,6 @@ use self::record::LogRecord;
 use self::sync::Syncer;
 use super::{Store, StoreError, StoreGauges};
 use crate::bulk::{self, Bulk};
-use crate::config::FsyncPolicy;
 
 /// Why the data directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +119,17 @@ impl From<ReadError> for DiskError {
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
     let context = context.into();
     move |source| DiskError::Io { context, source }
+}
+
+/// When acknowledged writes reach the disk (`FSYNC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging; concurrent writers share one fsync.
+    Always,
+    /// fsync once a second: power loss loses at most about a second.
+    Everysec,
+    /// Never fsync explicitly; the OS writes back when it likes.
+    No,
 }
 
 /// Tuning of the log.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::FsyncPolicy;
+use super::FsyncPolicy;
 
 /// How far the log is durable, or why it cannot be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

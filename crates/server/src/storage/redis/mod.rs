@@ -70,7 +70,17 @@ use self::campaigns::{Cached, CampaignCache};
 use self::conn::{Conn, bounded};
 use self::keys::KeySpace;
 use super::{Store, StoreError, StoreGauges};
-use crate::config::Config;
+
+/// Where the Redis backend connects, and its key prefix.
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// One node (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes; when given, `url` is not used.
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key written (no `{` or `}`).
+    pub prefix: String,
+}
 
 /// Extra life given to dedup entries beyond `L + TTL + max lateness`, for
 /// clock differences between nodes and Redis.
@@ -177,18 +187,18 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects as the configuration says (`REDIS_CLUSTER_NODES`, else
-    /// `REDIS_URL`) and checks that Redis answers.
-    pub async fn open(config: &Config) -> Result<Self, StoreError> {
-        let keys = KeySpace::new(&config.redis_prefix).map_err(StoreError::Internal)?;
-        let nodes: Vec<String> = config
-            .redis_cluster_nodes
+    /// Connects as the options say (cluster nodes, else the URL), counting
+    /// by `engine`'s rules, and checks that Redis answers.
+    pub async fn open(options: &RedisOptions, engine: &EngineConfig) -> Result<Self, StoreError> {
+        let keys = KeySpace::new(&options.prefix).map_err(StoreError::Internal)?;
+        let nodes: Vec<String> = options
+            .cluster_nodes
             .iter()
             .map(|n| n.trim())
             .filter(|n| !n.is_empty())
             .map(with_scheme)
             .collect();
-        let url = config.redis_url.as_deref().map(str::trim).map(with_scheme);
+        let url = options.url.as_deref().map(str::trim).map(with_scheme);
         if nodes.iter().chain(&url).any(|u| u.starts_with("rediss://")) {
             // rustls needs a process-wide crypto provider; ring builds with
             // a C compiler alone (aws-lc-rs would need cmake). An error only
@@ -207,7 +217,7 @@ impl RedisStore {
         let store = RedisStore {
             conn,
             keys,
-            rules: Rules::new(&config.engine()),
+            rules: Rules::new(engine),
             scripts: Scripts::new(),
             campaigns: CampaignCache::default(),
             campaign_count: AtomicU64::new(0),
