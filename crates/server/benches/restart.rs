@@ -90,11 +90,11 @@ fn main() {
         let store =
             DiskStore::open(dir.path(), options, config.clone(), Arc::clone(&clock)).unwrap();
         let took = started.elapsed();
-        assert_eq!(store.engine().live_dedup_keys() as u64, n);
+        assert_eq!(store.memory().engine().live_dedup_keys() as u64, n);
         println!(
             "{label}: opened in {:.2} s with {} live keys ({:.0} MiB on disk)",
             took.as_secs_f64(),
-            store.engine().live_dedup_keys(),
+            store.memory().engine().live_dedup_keys(),
             dir_bytes(dir.path()) as f64 / 1048576.0
         );
         runtime.block_on(store.close()).unwrap();
@@ -126,7 +126,7 @@ fn main() {
     println!(
         "restart (one snapshot): opened in {:.2} s with {} live keys ({:.0} MiB on disk)",
         started.elapsed().as_secs_f64(),
-        store.engine().live_dedup_keys(),
+        store.memory().engine().live_dedup_keys(),
         dir_bytes(dir.path()) as f64 / 1048576.0
     );
     runtime.block_on(store.close()).unwrap();

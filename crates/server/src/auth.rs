@@ -54,7 +54,7 @@ pub struct ApiKeys {
 
 /// Why keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read API_KEYS_FILE {path}: {source}")]
+#[error("cannot read API_KEYS_FILE {path}")]
 pub struct KeyFileError {
     path: String,
     source: std::io::Error,
@@ -171,7 +171,7 @@ pub fn reload_on_sighup(keys: Arc<ApiKeys>) {
             match keys.reload() {
                 Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %e, "API keys not reloaded; the previous keys stay in force")
+                    tracing::error!(error = %crate::telemetry::chain(&e), "API keys not reloaded; the previous keys stay in force")
                 }
             }
         }

@@ -174,6 +174,18 @@ pub fn run<R: Send>(kind: Bulk, large: bool, work: impl FnOnce() -> R + Send) ->
     }
 }
 
+/// Runs blocking work (an fsync, a thread join) without holding up the
+/// runtime's other tasks: on a thread of a multi-threaded runtime, with
+/// `block_in_place` (the thread hands its tasks to another first); in place
+/// anywhere else.
+pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    if can_hand_off() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// [`run`] for async work (which may await the runtime's I/O): on a bulk
 /// thread it is driven with the runtime's handle; in place it is awaited.
 pub async fn run_async<F>(kind: Bulk, large: bool, work: F) -> F::Output

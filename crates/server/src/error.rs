@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 
 use crate::ingest::SubmitError;
 use crate::storage::StoreError;
+use crate::telemetry::chain;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
@@ -144,11 +145,15 @@ impl From<ValidationError> for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// An unavailable backend is a 503 whose message carries the causes
+    /// (`storage is unavailable: Redis: timed out`): they tell the client
+    /// what to wait for. Anything else is a 500 whose causes are logged only.
     fn from(e: StoreError) -> Self {
+        let message = chain(&e).to_string();
         match e {
-            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
-            StoreError::CampaignExists(_) | StoreError::Internal(_) => {
-                ApiError::Internal(e.to_string())
+            StoreError::Unavailable { .. } => ApiError::Unavailable(message),
+            StoreError::CampaignExists(_) | StoreError::Internal { .. } => {
+                ApiError::Internal(message)
             }
         }
     }

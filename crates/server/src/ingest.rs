@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError};
+use crate::telemetry::chain;
 
 /// The queue and its workers, from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -317,7 +318,7 @@ async fn apply_jobs(ctx: &WorkerContext, jobs: &mut Vec<Job>) {
             }
             Err(e) => {
                 let unapplied = total - outcomes.len();
-                tracing::error!(error = %e, unapplied, "failed to apply a batch");
+                tracing::error!(error = %chain(&e), unapplied, "failed to apply a batch");
                 ctx.metrics.batch_failed(unapplied);
                 failure = Some(e);
                 break;

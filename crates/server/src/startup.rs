@@ -31,6 +31,7 @@ use crate::paths::{self, Route};
 use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits};
 use crate::storage::{self, Store};
+use crate::telemetry::chain;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ pub enum StartupError {
     #[error(transparent)]
     ApiKeys(#[from] crate::auth::KeyFileError),
     /// The storage backend could not be opened.
-    #[error("cannot open the {backend} storage: {source}")]
+    #[error("cannot open the {backend} storage")]
     Storage {
         /// Which backend.
         backend: &'static str,
@@ -209,7 +210,7 @@ impl Application {
         self.stop_maintenance.cancel();
         let _ = self.maintenance.await;
         if let Err(e) = self.store.close().await {
-            tracing::error!(error = %e, "closing the storage failed");
+            tracing::error!(error = %chain(&e), "closing the storage failed");
             return Err(std::io::Error::other(e));
         }
         tracing::info!("shutdown complete");

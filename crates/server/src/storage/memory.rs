@@ -28,18 +28,31 @@ impl MemoryStore {
         }
     }
 
-    /// The engine inside, for tests and benchmarks that look beneath the API.
+    /// The engine inside, for wrapping stores and for tests and benchmarks
+    /// that look beneath the API.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// [`Store::create_campaign`], without the async wrapping: for a store
+    /// that wraps this one and must do more under its own lock.
+    pub fn create_now(&self, campaign: Campaign) -> Result<Arc<Campaign>, StoreError> {
+        self.engine
+            .create_campaign(campaign)
+            .map_err(|e| StoreError::CampaignExists(e.0))
+    }
+
+    /// [`Store::apply`], in place (no hand-off of large batches): for a
+    /// store that wraps this one and hands off its own work.
+    pub fn apply_now(&self, batch: &[Impression], now: Timestamp) -> Vec<TrackOutcome> {
+        self.engine.track_batch(batch, now)
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_campaign(&self, campaign: Campaign) -> Result<Arc<Campaign>, StoreError> {
-        self.engine
-            .create_campaign(campaign)
-            .map_err(|e| StoreError::CampaignExists(e.0))
+        self.create_now(campaign)
     }
 
     async fn campaign(&self, id: CampaignId) -> Result<Option<Arc<Campaign>>, StoreError> {
@@ -60,9 +73,7 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<Vec<TrackOutcome>, StoreError> {
         let large = bulk::is_large_batch(batch.len());
-        Ok(bulk::run(Bulk::Apply, large, || {
-            self.engine.track_batch(batch, now)
-        }))
+        Ok(bulk::run(Bulk::Apply, large, || self.apply_now(batch, now)))
     }
 
     async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError> {

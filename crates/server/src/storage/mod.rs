@@ -30,19 +30,75 @@ use impression_core::{
 };
 use thiserror::Error;
 
+/// The cause of a storage failure, kept typed so logs show the whole
+/// chain; shared, because one failed batch answers several requests.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a storage operation failed.
 #[derive(Clone, Debug, Error)]
 pub enum StoreError {
     /// The backend cannot be reached or cannot accept writes right now;
     /// retrying later may succeed.
-    #[error("storage is unavailable: {0}")]
-    Unavailable(String),
+    #[error("storage is unavailable: {reason}")]
+    Unavailable {
+        /// What could not be done.
+        reason: String,
+        /// Why, if something below failed.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// A campaign with this id exists already.
     #[error("campaign {0} already exists")]
     CampaignExists(CampaignId),
     /// Anything else; the message is for logs, not clients.
-    #[error("storage failure: {0}")]
-    Internal(String),
+    #[error("storage failure: {reason}")]
+    Internal {
+        /// What went wrong.
+        reason: String,
+        /// Why, if something below failed.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    /// Unavailable, for `reason` alone.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable: `reason`, because of `cause`.
+    pub fn unavailable_by(
+        reason: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Unavailable {
+            reason: reason.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// A failure, for `reason` alone.
+    pub fn internal(reason: impl Into<String>) -> Self {
+        StoreError::Internal {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure: `reason`, because of `cause`.
+    pub fn internal_by(
+        reason: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Internal {
+            reason: reason.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
 }
 
 /// Point-in-time sizes reported by a backend, for metrics.
@@ -185,8 +241,8 @@ pub async fn open(
                 disk::DiskStore::open(&dir, options, engine, clock)
             })
             .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::internal_by("the loading thread failed", e))?
+            .map_err(|e| StoreError::unavailable_by("cannot load the data directory", e))?;
             Ok(Arc::new(store))
         }
         Backend::Redis(options) => Ok(Arc::new(redis::RedisStore::open(options, &engine).await?)),

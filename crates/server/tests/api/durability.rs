@@ -305,7 +305,7 @@ async fn a_torn_last_record_is_truncated_at_every_byte_offset() {
         let work = tempfile::tempdir().unwrap();
         std::fs::write(work.path().join(segment.file_name().unwrap()), &full[..cut]).unwrap();
         let store = open(work.path()).unwrap();
-        let total = store.engine().stats(id, T0).unwrap().total;
+        let total = store.memory().engine().stats(id, T0).unwrap().total;
         if total == 20 {
             last_start.get_or_insert(cut);
         } else {
@@ -334,6 +334,7 @@ async fn a_torn_last_record_is_truncated_at_every_byte_offset() {
     assert_eq!(
         open(dir.path())
             .unwrap()
+            .memory()
             .engine()
             .stats(id, T0)
             .unwrap()
@@ -451,8 +452,14 @@ async fn compaction_keeps_disk_proportional_to_live_state() {
     // And the compacted state is exactly the state.
     let reopened = DiskStore::open(dir.path(), options, config, clock.clone()).unwrap();
     let now = clock.now();
-    assert_eq!(reopened.engine().stats(id, now).unwrap().total, 200_000);
-    assert_eq!(reopened.engine().stats(id, now).unwrap().last_hour, 60_000);
+    assert_eq!(
+        reopened.memory().engine().stats(id, now).unwrap().total,
+        200_000
+    );
+    assert_eq!(
+        reopened.memory().engine().stats(id, now).unwrap().last_hour,
+        60_000
+    );
     let again = impressions(id, 199_000, 1000)
         .into_iter()
         .map(|i| Impression {

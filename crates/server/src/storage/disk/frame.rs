@@ -49,7 +49,7 @@ pub enum ReadError {
         reason: String,
     },
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -25,13 +25,25 @@ use tokio::sync::watch;
 
 use super::FsyncPolicy;
 
+/// Why the log could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// `fdatasync` failed: nothing written after the last good one can be
+    /// promised.
+    #[error("fsync of the log failed")]
+    Fsync(#[source] std::io::Error),
+    /// The fsync thread is gone.
+    #[error("the fsync thread stopped")]
+    Stopped,
+}
+
 /// How far the log is durable, or why it cannot be.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct SyncStatus {
     /// Log offset up to which everything is on disk.
     pub synced: u64,
     /// Set when an fsync failed: nothing after it can be promised.
-    pub failed: Option<String>,
+    pub failed: Option<Arc<SyncError>>,
 }
 
 struct State {
@@ -108,20 +120,21 @@ impl Syncer {
     }
 
     /// Waits until the log is durable up to `offset`.
-    pub async fn wait_durable(&self, offset: u64) -> Result<(), String> {
+    pub async fn wait_durable(&self, offset: u64) -> Result<(), Arc<SyncError>> {
         let mut status = self.shared.status.subscribe();
         let status = status
             .wait_for(|s| s.synced >= offset || s.failed.is_some())
             .await
-            .map_err(|_| "the fsync thread stopped".to_owned())?;
+            .map_err(|_| Arc::new(SyncError::Stopped))?;
         match &status.failed {
-            Some(e) if status.synced < offset => Err(e.clone()),
+            Some(e) if status.synced < offset => Err(Arc::clone(e)),
             _ => Ok(()),
         }
     }
 
-    /// Syncs what is left and stops the thread.
-    pub fn stop(&self) -> Result<(), String> {
+    /// Syncs what is left and stops the thread (blocking: it joins the
+    /// thread and fsyncs).
+    pub fn stop(&self) -> Result<(), Arc<SyncError>> {
         {
             let mut state = self.lock();
             state.stop = true;
@@ -137,7 +150,8 @@ impl Syncer {
         }
         // Whatever the policy, a clean shutdown leaves the log on disk.
         let file = Arc::clone(&self.lock().file);
-        file.sync_data().map_err(|e| e.to_string())?;
+        file.sync_data()
+            .map_err(|e| Arc::new(SyncError::Fsync(e)))?;
         let failed = self.shared.status.borrow().failed.clone();
         failed.map_or(Ok(()), Err)
     }
@@ -195,10 +209,9 @@ fn run(shared: &Shared) {
                     .send_modify(|s| s.synced = s.synced.max(synced));
             }
             Err(e) => {
-                tracing::error!(error = %e, "fsync of the log failed");
-                shared
-                    .status
-                    .send_modify(|s| s.failed = Some(format!("fsync of the log failed: {e}")));
+                let e = Arc::new(SyncError::Fsync(e));
+                tracing::error!(error = %crate::telemetry::chain(&*e), "fsync of the log failed");
+                shared.status.send_modify(|s| s.failed = Some(e));
                 return;
             }
         }

@@ -43,7 +43,7 @@ pub enum Conn {
 impl Conn {
     /// Connects to one node at `url` (`redis://`, `rediss://`).
     pub async fn single(url: &str) -> Result<Conn, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| config_error("REDIS_URL", &e))?;
+        let client = redis::Client::open(url).map_err(|e| config_error("REDIS_URL", e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -66,7 +66,7 @@ impl Conn {
             .min_retry_wait(20)
             .max_retry_wait(400)
             .build()
-            .map_err(|e| config_error("REDIS_CLUSTER_NODES", &e))?;
+            .map_err(|e| config_error("REDIS_CLUSTER_NODES", e))?;
         let connection = bounded(client.get_async_connection()).await?;
         Ok(Conn::Cluster(connection))
     }
@@ -109,7 +109,7 @@ impl ConnectionLike for Conn {
 pub async fn bounded<T>(op: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
     match tokio::time::timeout(OP_TIMEOUT, op).await {
         Ok(result) => result.map_err(store_error),
-        Err(_) => Err(StoreError::Unavailable(format!(
+        Err(_) => Err(StoreError::unavailable(format!(
             "Redis did not answer within {} s",
             OP_TIMEOUT.as_secs()
         ))),
@@ -146,12 +146,12 @@ pub fn store_error(e: RedisError) -> StoreError {
             Some("OOM" | "BUSY" | "LOADING" | "MISCONF" | "NOREPLICAS" | "NOAUTH" | "WRONGPASS")
         );
     if retryable {
-        StoreError::Unavailable(format!("Redis: {e}"))
+        StoreError::unavailable_by("Redis", e)
     } else {
-        StoreError::Internal(format!("Redis: {e}"))
+        StoreError::internal_by("Redis", e)
     }
 }
 
-fn config_error(setting: &str, e: &RedisError) -> StoreError {
-    StoreError::Internal(format!("{setting} is not usable: {e}"))
+fn config_error(setting: &str, e: RedisError) -> StoreError {
+    StoreError::internal_by(format!("{setting} is not usable"), e)
 }

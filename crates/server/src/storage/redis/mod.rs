@@ -70,6 +70,7 @@ use self::campaigns::{Cached, CampaignCache};
 use self::conn::{Conn, bounded};
 use self::keys::KeySpace;
 use super::{Store, StoreError, StoreGauges};
+use crate::telemetry::chain;
 
 /// Where the Redis backend connects, and its key prefix.
 #[derive(Clone, Debug, Default)]
@@ -190,7 +191,7 @@ impl RedisStore {
     /// Connects as the options say (cluster nodes, else the URL), counting
     /// by `engine`'s rules, and checks that Redis answers.
     pub async fn open(options: &RedisOptions, engine: &EngineConfig) -> Result<Self, StoreError> {
-        let keys = KeySpace::new(&options.prefix).map_err(StoreError::Internal)?;
+        let keys = KeySpace::new(&options.prefix).map_err(StoreError::internal)?;
         let nodes: Vec<String> = options
             .cluster_nodes
             .iter()
@@ -209,8 +210,8 @@ impl RedisStore {
             (false, _) => Conn::cluster(&nodes).await?,
             (true, Some(url)) => Conn::single(&url).await?,
             (true, None) => {
-                return Err(StoreError::Internal(
-                    "STORAGE=redis needs REDIS_URL or REDIS_CLUSTER_NODES".into(),
+                return Err(StoreError::internal(
+                    "STORAGE=redis needs REDIS_URL or REDIS_CLUSTER_NODES",
                 ));
             }
         };
@@ -272,7 +273,7 @@ impl RedisStore {
         .await?;
         match found.first() {
             Some(member) => {
-                let campaign = Arc::new(campaigns::decode(member).map_err(StoreError::Internal)?);
+                let campaign = Arc::new(campaigns::decode(member).map_err(StoreError::internal)?);
                 self.campaigns.found(Arc::clone(&campaign));
                 Ok(Some(campaign))
             }
@@ -292,7 +293,7 @@ impl RedisStore {
         .await;
         match count {
             Ok(n) => self.campaign_count.store(n, Ordering::Relaxed),
-            Err(e) => tracing::debug!(error = %e, "cannot count campaigns"),
+            Err(e) => tracing::debug!(error = %chain(&e), "cannot count campaigns"),
         }
     }
 
@@ -333,7 +334,7 @@ fn wall_ms() -> u64 {
 }
 
 fn unexpected(what: &str, value: &Value) -> StoreError {
-    StoreError::Internal(format!("unexpected reply from Redis for {what}: {value:?}"))
+    StoreError::internal(format!("unexpected reply from Redis for {what}: {value:?}"))
 }
 
 fn int_of(value: &Value) -> Option<u64> {
@@ -397,7 +398,7 @@ impl Store for RedisStore {
         members
             .iter()
             .map(|m| {
-                let campaign = Arc::new(campaigns::decode(m).map_err(StoreError::Internal)?);
+                let campaign = Arc::new(campaigns::decode(m).map_err(StoreError::internal)?);
                 self.campaigns.found(Arc::clone(&campaign));
                 Ok(campaign)
             })
@@ -491,7 +492,7 @@ impl Store for RedisStore {
         )
         .await?;
         if series.len() != count {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::internal(format!(
                 "Redis answered {} buckets for {count}",
                 series.len()
             )));
@@ -519,7 +520,7 @@ impl Store for RedisStore {
         }
         *last = Some(Instant::now());
         if let Err(e) = self.replay_journal(REPLAY_MIN_AGE).await {
-            tracing::warn!(error = %e, "replaying the Redis journal failed; will retry");
+            tracing::warn!(error = %chain(&e), "replaying the Redis journal failed; will retry");
         }
     }
 

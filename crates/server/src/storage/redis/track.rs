@@ -19,6 +19,7 @@ use super::{
     group_by, wall_ms,
 };
 use crate::storage::StoreError;
+use crate::telemetry::chain;
 
 /// An impression that passed the campaign checks and awaits its decision.
 #[derive(Clone, Copy)]
@@ -195,9 +196,7 @@ impl RedisStore {
             return Err(e);
         }
         if self.fault() == Fault::AfterDedup {
-            return Err(StoreError::Unavailable(
-                "injected fault after step 1".into(),
-            ));
+            return Err(StoreError::unavailable("injected fault after step 1"));
         }
 
         // Step 2: count, per campaign, in batch order.
@@ -229,9 +228,7 @@ impl RedisStore {
             result?;
         }
         if self.fault() == Fault::AfterCount {
-            return Err(StoreError::Unavailable(
-                "injected fault after step 2".into(),
-            ));
+            return Err(StoreError::unavailable("injected fault after step 2"));
         }
 
         // Step 3: clear the journal. A failure here is harmless: a replay
@@ -246,7 +243,7 @@ impl RedisStore {
         });
         for result in join_all(calls).await {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "clearing a journal entry failed; replay will");
+                tracing::debug!(error = %chain(&e), "clearing a journal entry failed; replay will");
             }
         }
         Ok(counted)
@@ -340,7 +337,7 @@ impl RedisStore {
         let entry: JournalEntry = match serde_json::from_slice(value) {
             Ok(entry) => entry,
             Err(e) => {
-                tracing::error!(%bucket, chunk = %chunk_text, error = %e, "dropping an unreadable journal entry");
+                tracing::error!(%bucket, chunk = %chunk_text, error = %chain(&e), "dropping an unreadable journal entry");
                 delete().await?;
                 return Ok(true);
             }
@@ -364,11 +361,11 @@ impl RedisStore {
             .iter()
             .map(|id| id.parse())
             .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Internal(format!("journal entry {chunk_text}: {e}")))?;
+            .map_err(|e| StoreError::internal_by(format!("journal entry {chunk_text}"), e))?;
         let slice = created / 60_000;
         for (campaign, items) in group_by(entry.it.iter(), |(c, _, _)| *c) {
             let Some(&id) = campaign.checked_sub(1).and_then(|c| ids.get(c)) else {
-                return Err(StoreError::Internal(format!(
+                return Err(StoreError::internal(format!(
                     "journal entry {chunk_text}: no campaign {campaign}"
                 )));
             };
@@ -390,7 +387,7 @@ impl RedisStore {
 /// One boolean per impression from a script's "1"/"0" answer.
 fn decisions(answer: &[u8], expected: usize) -> Result<Vec<bool>, StoreError> {
     if answer.len() != expected || answer.iter().any(|b| !matches!(b, b'0' | b'1')) {
-        return Err(StoreError::Internal(format!(
+        return Err(StoreError::internal(format!(
             "Redis answered {} decisions for {expected} impressions",
             answer.len()
         )));
