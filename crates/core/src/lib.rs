@@ -15,7 +15,8 @@
 //! * [`engine`]: the above put together, thread-safe, batch-first
 //!   ([`Engine`]).
 //! * [`time`]: [`Timestamp`] and the injectable [`Clock`].
-//! * [`reference`]: a naive model of the same rules, for property tests.
+//! * `reference` (feature `reference`): a naive model of the same rules,
+//!   for property tests.
 //! * [`error`]: validation errors, worded for API clients.
 
 pub mod campaign;
@@ -23,6 +24,7 @@ pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod impression;
+#[cfg(feature = "reference")]
 pub mod reference;
 pub mod stats;
 pub mod time;

@@ -28,7 +28,7 @@ pub mod bulk;
 pub mod config;
 pub mod edge;
 pub mod error;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod ingest;
 pub mod limits;

@@ -56,7 +56,7 @@ mod track;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -158,8 +158,9 @@ impl Scripts {
     }
 }
 
-/// A fault to inject between the cluster steps, for tests of the journal.
-#[doc(hidden)]
+/// A fault to inject between the cluster steps, for tests of the journal
+/// (feature `test-hooks`: not in the normal build).
+#[cfg(feature = "test-hooks")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Fault {
@@ -184,7 +185,8 @@ pub struct RedisStore {
     node: String,
     seq: AtomicU64,
     last_replay: tokio::sync::Mutex<Option<Instant>>,
-    fault: AtomicU8,
+    #[cfg(feature = "test-hooks")]
+    fault: std::sync::atomic::AtomicU8,
 }
 
 impl RedisStore {
@@ -225,7 +227,8 @@ impl RedisStore {
             node: uuid::Uuid::now_v7().simple().to_string(),
             seq: AtomicU64::new(0),
             last_replay: tokio::sync::Mutex::new(None),
-            fault: AtomicU8::new(Fault::None as u8),
+            #[cfg(feature = "test-hooks")]
+            fault: std::sync::atomic::AtomicU8::new(Fault::None as u8),
         };
         store.check_ready().await?;
         store.refresh_campaign_count().await;
@@ -239,17 +242,18 @@ impl RedisStore {
 
     /// Makes every following chunk fail at a point between the cluster
     /// steps (tests of the journal; no effect on a single node).
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn inject_fault(&self, fault: Fault) {
         self.fault.store(fault as u8, Ordering::SeqCst);
     }
 
-    fn fault(&self) -> Fault {
-        match self.fault.load(Ordering::SeqCst) {
-            1 => Fault::AfterDedup,
-            2 => Fault::AfterCount,
-            _ => Fault::None,
+    /// Fails as a crash `at` this point would, if a test asked for it.
+    #[cfg(feature = "test-hooks")]
+    fn injected(&self, at: Fault) -> Result<(), StoreError> {
+        if self.fault.load(Ordering::SeqCst) == at as u8 {
+            return Err(StoreError::unavailable(format!("injected fault {at:?}")));
         }
+        Ok(())
     }
 
     /// The campaign, from the cache or from Redis.

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use super::conn::bounded;
 use super::keys::{DEDUP_BUCKETS, KeySpace};
 use super::{
-    DEDUP_SLACK, Fault, MARKER_TTL, MAX_SCRIPT_ITEMS, REPLAY_MAX_AGE, RedisStore, WINDOW_SLACK,
-    group_by, wall_ms,
+    DEDUP_SLACK, MARKER_TTL, MAX_SCRIPT_ITEMS, REPLAY_MAX_AGE, RedisStore, WINDOW_SLACK, group_by,
+    wall_ms,
 };
 use crate::storage::StoreError;
 use crate::telemetry::chain;
@@ -195,9 +195,8 @@ impl RedisStore {
             // What the other buckets decided is journaled: replay counts it.
             return Err(e);
         }
-        if self.fault() == Fault::AfterDedup {
-            return Err(StoreError::unavailable("injected fault after step 1"));
-        }
+        #[cfg(feature = "test-hooks")]
+        self.injected(super::Fault::AfterDedup)?;
 
         // Step 2: count, per campaign, in batch order.
         let counted_items = piece
@@ -227,9 +226,8 @@ impl RedisStore {
             // finishes the campaigns that failed, the markers skip the rest.
             result?;
         }
-        if self.fault() == Fault::AfterCount {
-            return Err(StoreError::unavailable("injected fault after step 2"));
-        }
+        #[cfg(feature = "test-hooks")]
+        self.injected(super::Fault::AfterCount)?;
 
         // Step 3: clear the journal. A failure here is harmless: a replay
         // finds the markers set and only deletes the entries.
