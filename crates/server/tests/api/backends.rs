@@ -27,6 +27,16 @@ pub type Guard = Box<dyn Any + Send + Sync>;
 
 impl Backend {
     /// Flags selecting this backend, and what keeps it alive.
+    /// The name of its test in every `backend_test!` module.
+    pub fn test_name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Disk => "disk",
+            Backend::Redis => "redis",
+            Backend::RedisCluster => "redis_cluster",
+        }
+    }
+
     pub async fn prepare(self) -> (Vec<String>, Guard) {
         match self {
             Backend::Memory => (vec!["--storage".into(), "memory".into()], Box::new(())),

@@ -8,6 +8,7 @@ mod backends;
 mod batch;
 mod breakdowns;
 mod campaigns;
+mod cases;
 mod concurrency;
 mod durability;
 mod errors;
