@@ -3,40 +3,38 @@
 //! instead of the async runtime's, so that reads are served first.
 //!
 //! Why: at full ingest speed every core is busy. Work done on a runtime
-//! thread holds up every request queued behind it on that thread (a stats
-//! read waited for slices of batch parsing), and work handed off with
-//! `block_in_place` alone still competed for a core with the runtime's
-//! threads on equal terms, so a read that woke up waited for a scheduler
-//! slice of several milliseconds. Bulk threads run at a lower priority (see
-//! [`Priority`]): when a runtime thread wakes for a request, the kernel gives
-//! it a bulk thread's core first. Applying runs at nice 5: it drains the
-//! ingest queue, and it keeps a real share of a busy machine. Parsing, the
-//! largest part of batch ingest, runs under `SCHED_IDLE`, because a lower
-//! nice value alone did not make a waking thread preempt a running one (as
-//! we read the measurements, the scheduler lets the running thread finish
-//! its time slice first): with parsing at nice 10, stats reads at full
-//! batch ingest had a p99 of about 2 ms, under `SCHED_IDLE` 0.74 to 0.95 ms
-//! in five runs of six (BENCHMARKS.md).
-//! Parsing is not starved on an otherwise idle machine: it gets every cycle
-//! nothing else wants, and the clients that send it wait for its answers,
-//! so they cannot outrun it. On a machine busy with other work at normal
-//! priority, batch parsing waits for it (single-impression requests, parsed
-//! on the runtime threads, do not); `BATCH_PARSE_PRIORITY` gives parsing a
-//! nice value instead ([`set_parse_priority`]).
+//! thread holds up every request queued behind it on that thread, and work
+//! handed off with `block_in_place` alone still competes for a core with the
+//! runtime's threads on equal terms, so a read that wakes up waits for a
+//! scheduler slice. Bulk threads run at a lower priority (see [`Priority`]):
+//! when a runtime thread wakes for a request, the kernel gives it a bulk
+//! thread's core first.
+//!
+//! * Applying runs at nice 5: it drains the ingest queue, and it must keep a
+//!   real share of a busy machine.
+//! * Parsing, the largest part of batch ingest, runs under `SCHED_IDLE`: at
+//!   any nice value the kernel lets a running thread finish its time slice
+//!   before a woken one runs, which holds a read for up to a couple of
+//!   milliseconds; a `SCHED_IDLE` thread gives way at once. Parsing is not
+//!   starved on an otherwise idle machine (it gets every cycle nothing else
+//!   wants, and the clients that send it wait for its answers, so they
+//!   cannot outrun it). On a machine busy with other work at normal
+//!   priority it waits for that work; `BATCH_PARSE_PRIORITY` gives it a nice
+//!   value instead ([`set_parse_priority`]).
 //!
 //! [`run`] is `block_in_place` plus a hop to a bulk pool: the runtime thread
 //! hands its queue of tasks to another thread, then sleeps (using no CPU)
 //! until a bulk thread has run the work. Because the caller waits, the work
 //! may borrow from it, and the stores keep their `&self`, `&[Impression]`
-//! signatures. (Handing owned work over and awaiting it without blocking was
-//! tried: the runtime threads, woken from the bulk threads for every answer,
-//! served reads later, p90 of stats reads at full ingest 1.2 to 2.2 ms
-//! instead of 0.3 to 0.6 ms.)
+//! signatures. Handing owned work over and awaiting it instead would wake a
+//! runtime thread from a bulk thread for every answer, which puts reads
+//! behind those wake-ups.
 //!
 //! Small work stays where it is: the hop costs two thread wake-ups, more
 //! than parsing a small batch or counting a few impressions (see
 //! [`is_large_batch`] and [`is_large_body`]). Each kind has a pool (rayon's,
 //! one per process, started on first use) with one thread per core.
+//! BENCHMARKS.md has the measurements behind these choices.
 
 use std::future::Future;
 use std::sync::OnceLock;

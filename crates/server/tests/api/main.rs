@@ -22,6 +22,7 @@ mod pixel;
 #[cfg(target_os = "linux")]
 mod priorities;
 mod process;
+mod readme;
 mod redis_faults;
 mod redis_journal;
 mod redis_nodes;
