@@ -12,8 +12,8 @@
 //! * [`window`]: per-campaign counters with exact one-second windows over the
 //!   last hour and day, readable in constant time ([`WindowCounter`]).
 //! * [`stats`]: the numbers answered for a campaign ([`Stats`]).
-//! * [`uniques`]: distinct users, a HyperLogLog that answers exactly as
-//!   Redis's `PFCOUNT` ([`Hll`]).
+//! * [`uniques`]: distinct users, exact when few, else a HyperLogLog that
+//!   answers exactly as Redis's `PFCOUNT` ([`UniqueSketch`], [`Hll`]).
 //! * [`engine`]: the above put together, thread-safe, batch-first
 //!   ([`Engine`]).
 //! * [`time`]: [`Timestamp`] and the injectable [`Clock`].
@@ -38,5 +38,5 @@ pub use error::ValidationError;
 pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
-pub use uniques::{Hll, HllParseError, murmur64a};
+pub use uniques::{Hll, HllParseError, UniqueParts, UniqueSketch, murmur64a};
 pub use window::{Resolution, WindowCounter, WindowParts};

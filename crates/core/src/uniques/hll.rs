@@ -481,6 +481,13 @@ impl RawRegisters {
         }
     }
 
+    /// Adds an element by its hash.
+    pub(super) fn insert_hash(&mut self, hash: u64) {
+        let (index, rank) = pattern(hash);
+        let r = &mut self.registers[index];
+        *r = (*r).max(rank);
+    }
+
     /// The estimate of the registers.
     pub(super) fn count(&self) -> u64 {
         let mut hist = [0u32; 64];
