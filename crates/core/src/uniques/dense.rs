@@ -7,7 +7,7 @@
 //! at bytes `3g .. 3g+2`. Working on those words never reads past the end,
 //! unlike Redis's two-byte access, which relies on the string's trailing NUL.
 
-use super::hll::{DENSE_BYTES, REGISTERS};
+use super::hll::DENSE_BYTES;
 
 const MASK: u32 = 63;
 
@@ -16,6 +16,11 @@ const MASK: u32 = 63;
 pub(super) struct Dense {
     /// Always `DENSE_BYTES` long.
     bytes: Box<[u8]>,
+}
+
+/// The little-endian 24-bit word of a 3-byte group.
+fn word(b: &[u8]) -> u32 {
+    u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16
 }
 
 impl Dense {
@@ -38,8 +43,13 @@ impl Dense {
     }
 
     fn word(&self, group: usize) -> u32 {
-        let b = &self.bytes[3 * group..3 * group + 3];
-        u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16
+        word(&self.bytes[3 * group..3 * group + 3])
+    }
+
+    /// The 4096 group words in order (a whole-array pass without bounds
+    /// checks per group).
+    fn words(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bytes.chunks_exact(3).map(word)
     }
 
     fn set_word(&mut self, group: usize, w: u32) {
@@ -68,8 +78,12 @@ impl Dense {
 
     /// Register-wise maximum with `other`.
     pub(super) fn max_from(&mut self, other: &Dense) {
-        for group in 0..REGISTERS / 4 {
-            let (a, b) = (self.word(group), other.word(group));
+        for (mine, theirs) in self
+            .bytes
+            .chunks_exact_mut(3)
+            .zip(other.bytes.chunks_exact(3))
+        {
+            let (a, b) = (word(mine), word(theirs));
             if b == 0 || a == b {
                 continue;
             }
@@ -77,44 +91,50 @@ impl Dense {
             for shift in [0, 6, 12, 18] {
                 w |= ((a >> shift) & MASK).max((b >> shift) & MASK) << shift;
             }
-            self.set_word(group, w);
+            mine.copy_from_slice(&w.to_le_bytes()[..3]);
         }
     }
 
     /// Register-wise maximum into a raw one-byte-per-register array.
     pub(super) fn max_into(&self, raw: &mut [u8]) {
-        for (group, out) in raw.chunks_exact_mut(4).enumerate() {
-            let w = self.word(group);
+        const HIGH: u32 = 0x8080_8080;
+        for (w, out) in self.words().zip(raw.chunks_exact_mut(4)) {
             if w == 0 {
                 continue;
             }
-            for (k, r) in out.iter_mut().enumerate() {
-                let v = ((w >> (6 * k)) & MASK) as u8;
-                *r = (*r).max(v);
-            }
+            // The group's 4 registers as 4 bytes, then a byte-wise maximum
+            // in one u32 (SWAR): every byte is < 64, so `(cur | 0x80) - new`
+            // never borrows across bytes, and its high bit says cur >= new.
+            let new =
+                (w & MASK) | (w >> 6 & MASK) << 8 | (w >> 12 & MASK) << 16 | (w >> 18 & MASK) << 24;
+            let cur = u32::from_le_bytes([out[0], out[1], out[2], out[3]]);
+            let keep = (((cur | HIGH) - new) & HIGH) >> 7;
+            let keep = keep * 0xff;
+            out.copy_from_slice(&((cur & keep) | (new & !keep)).to_le_bytes());
         }
     }
 
     /// Adds the register histogram (how many registers hold each value).
     pub(super) fn histogram(&self, hist: &mut [u32; 64]) {
-        for group in 0..REGISTERS / 4 {
-            let w = self.word(group);
-            if w == 0 {
-                // Most groups of a barely-dense sketch are empty: one add
-                // instead of four.
-                hist[0] += 4;
-                continue;
+        // One sub-histogram per register of a group: consecutive increments
+        // of the same counter (most registers hold 0 to 3) would otherwise
+        // wait on each other's store.
+        let mut lanes = [[0u32; 64]; 4];
+        for w in self.words() {
+            for (k, lane) in lanes.iter_mut().enumerate() {
+                lane[((w >> (6 * k)) & MASK) as usize] += 1;
             }
-            for shift in [0, 6, 12, 18] {
-                hist[((w >> shift) & MASK) as usize] += 1;
+        }
+        for lane in &lanes {
+            for (h, l) in hist.iter_mut().zip(lane) {
+                *h += l;
             }
         }
     }
 
     /// `(index, value)` of every non-zero register, by index.
     pub(super) fn nonzero(&self) -> impl Iterator<Item = (usize, u8)> + '_ {
-        (0..REGISTERS / 4).flat_map(move |group| {
-            let w = self.word(group);
+        self.words().enumerate().flat_map(|(group, w)| {
             (0..4).filter_map(move |k| {
                 let v = ((w >> (6 * k)) & MASK) as u8;
                 (v != 0).then_some((4 * group + k, v))

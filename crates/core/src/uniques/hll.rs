@@ -490,14 +490,17 @@ impl RawRegisters {
 
     /// The estimate of the registers.
     pub(super) fn count(&self) -> u64 {
+        // Four sub-histograms, as in `Dense::histogram`.
+        let mut lanes = [[0u32; 64]; 4];
+        for chunk in self.registers.chunks_exact(4) {
+            for (lane, &r) in lanes.iter_mut().zip(chunk) {
+                lane[usize::from(r & 63)] += 1;
+            }
+        }
         let mut hist = [0u32; 64];
-        for chunk in self.registers.chunks_exact(8) {
-            if chunk.iter().all(|&r| r == 0) {
-                hist[0] += 8;
-            } else {
-                for &r in chunk {
-                    hist[usize::from(r & 63)] += 1;
-                }
+        for lane in &lanes {
+            for (h, l) in hist.iter_mut().zip(lane) {
+                *h += l;
             }
         }
         estimate(&hist)
