@@ -63,17 +63,25 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
-    /// Polls until the server answers PING; `false` if it exited.
+    /// Polls until our server answers; `false` if it exited (port taken).
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let pid = format!("process_id:{}", self.child.id());
         loop {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
+            // Another test may have probed the same free port: the server
+            // that answers must be our child, not one that won the bind.
             if let Ok(mut conn) = Conn::open(self.port)
-                && conn.cmd(&[b"PING"]) == Reply::Simple("PONG".into())
+                && let Reply::Bulk(Some(info)) = conn.cmd(&[b"INFO".as_slice(), b"server"])
             {
-                return true;
+                if String::from_utf8_lossy(&info).lines().any(|l| l == pid) {
+                    return true;
+                }
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
@@ -175,7 +183,9 @@ impl Conn {
 
     fn line(&mut self) -> String {
         let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
+        self.reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading from redis-server: {e}"));
         assert!(line.ends_with("\r\n"), "truncated RESP line {line:?}");
         line.truncate(line.len() - 2);
         line
