@@ -24,10 +24,18 @@ fn word(b: &[u8]) -> u32 {
 }
 
 impl Dense {
-    /// All registers zero.
-    pub(super) fn new() -> Self {
+    /// Packs one byte per register (each ≤ 63).
+    pub(super) fn from_raw(raw: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(DENSE_BYTES);
+        for r in raw.chunks_exact(4) {
+            let w = u32::from(r[0])
+                | u32::from(r[1]) << 6
+                | u32::from(r[2]) << 12
+                | u32::from(r[3]) << 18;
+            bytes.extend_from_slice(&w.to_le_bytes()[..3]);
+        }
         Self {
-            bytes: vec![0; DENSE_BYTES].into_boxed_slice(),
+            bytes: bytes.into_boxed_slice(),
         }
     }
 
@@ -116,13 +124,15 @@ impl Dense {
 
     /// Adds the register histogram (how many registers hold each value).
     pub(super) fn histogram(&self, hist: &mut [u32; 64]) {
-        // One sub-histogram per register of a group: consecutive increments
-        // of the same counter (most registers hold 0 to 3) would otherwise
-        // wait on each other's store.
-        let mut lanes = [[0u32; 64]; 4];
-        for w in self.words() {
-            for (k, lane) in lanes.iter_mut().enumerate() {
-                lane[((w >> (6 * k)) & MASK) as usize] += 1;
+        // Eight sub-histograms, one per register of two groups: most
+        // registers hold the same few values, and back-to-back increments
+        // of one counter wait on each other's store.
+        let mut lanes = [[0u32; 64]; 8];
+        for six in self.bytes.chunks_exact(6) {
+            let (a, b) = (word(&six[..3]), word(&six[3..]));
+            for k in 0..4 {
+                lanes[k][((a >> (6 * k)) & MASK) as usize] += 1;
+                lanes[4 + k][((b >> (6 * k)) & MASK) as usize] += 1;
             }
         }
         for lane in &lanes {

@@ -36,20 +36,31 @@
 //!   3,000 bytes (`hll-sparse-max-bytes`) or a register exceeds 32, and never
 //!   back. We write sparse exactly when the greedy sparse string fits in
 //!   3,000 bytes and every register is at most 32; Redis may already be
-//!   dense when it is within a few bytes of the limit.
+//!   dense when it is within a few bytes of the limit. (`PFMERGE` also
+//!   writes dense whenever one of its inputs is dense, whatever the result.)
 //!
 //! Both sides parse either form to the same registers, and the count never
-//! depends on the encoding. The cached cardinality we write is always valid
-//! (it is [`Hll::count`]), which is what Redis holds after a `PFCOUNT key`.
+//! depends on the encoding. The cached cardinality we write is
+//! [`Hll::count`], valid, which is what Redis holds after a `PFCOUNT key`
+//! (only crafted registers reach an estimate with bit 63 set, which then
+//! reads as "stale" on both sides).
 //!
 //! # Memory
 //!
-//! In memory a sketch is sparse (2 bytes per non-zero register plus 32
-//! bytes, see `sparse.rs`) until that would outgrow the dense body, then
-//! dense: Redis's 12,288-byte packed array. The choice depends only on how
-//! many registers are non-zero, so it is a function of the registers:
-//! equal registers give equal values, and every round trip keeps the
-//! representation.
+//! In memory the registers take the first of three forms that can hold
+//! them, each never larger than the next:
+//!
+//! 1. **sparse**, up to 4,080 non-zero registers: 2 bytes each plus 32
+//!    (`sparse.rs`), so a 700-user minute is ≈ 1.5 KiB;
+//! 2. **nibble**: 4 bits a register (8,192 bytes) plus 4 bytes for each
+//!    register of 15 or more, at most 1,024 of them (`nibble.rs`): ≈ 8.2 KiB
+//!    at 1M users, ≈ 10.4 KiB at 10M;
+//! 3. **dense**: Redis's packed 6-bit array, 12,288 bytes (beyond ~17M
+//!    users, or crafted registers).
+//!
+//! The form depends only on the registers (how many are non-zero, how many
+//! are 15 or more; both only grow), so equal registers give equal values,
+//! and every round trip keeps the form.
 
 use std::fmt;
 
@@ -57,6 +68,7 @@ use thiserror::Error;
 
 use super::dense::Dense;
 use super::murmur::{REDIS_HLL_SEED, murmur64a};
+use super::nibble::Nibble;
 use super::sparse::{self, SetOutcome, Sparse};
 
 /// Bits of the hash that select a register.
@@ -125,10 +137,34 @@ pub enum HllParseError {
     },
 }
 
+/// How the registers are held. Which one is a function of the registers
+/// (see [`Repr::from_raw`]), so derived equality is register equality.
 #[derive(Clone, PartialEq, Eq)]
 enum Repr {
+    /// At most `sparse::MAX_ENTRIES` (4,080) non-zero registers.
     Sparse(Sparse),
+    /// More, of which at most `nibble::HIGH_MAX` (1,024) are 15 or more.
+    Nibble(Nibble),
+    /// More still: Redis's packed 6-bit array.
     Dense(Dense),
+}
+
+impl Repr {
+    /// The representation of these registers (one byte each): the first of
+    /// sparse, nibble, dense that can hold them. Both criteria only grow
+    /// with the registers, so a sketch only ever moves forward in that
+    /// order.
+    fn from_raw(raw: &[u8]) -> Repr {
+        let nonzero = raw.iter().filter(|&&v| v != 0).count();
+        if nonzero <= sparse::MAX_ENTRIES {
+            let entries = raw.iter().enumerate().filter(|&(_, &v)| v != 0);
+            return Repr::Sparse(Sparse::from_sorted(entries.map(|(i, &v)| (i, v)), nonzero));
+        }
+        match Nibble::from_raw(raw) {
+            Some(nibble) => Repr::Nibble(nibble),
+            None => Repr::Dense(Dense::from_raw(raw)),
+        }
+    }
 }
 
 /// A Redis-compatible HyperLogLog (see the module documentation).
@@ -145,8 +181,13 @@ impl Default for Hll {
 
 impl fmt::Debug for Hll {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let form = match self.repr {
+            Repr::Sparse(_) => "sparse",
+            Repr::Nibble(_) => "nibble",
+            Repr::Dense(_) => "dense",
+        };
         f.debug_struct("Hll")
-            .field("dense", &self.is_dense())
+            .field("form", &form)
             .field("nonzero_registers", &self.nonzero_registers())
             .finish()
     }
@@ -173,18 +214,23 @@ impl Hll {
     }
 
     fn set_max(&mut self, index: usize, value: u8) -> bool {
-        match &mut self.repr {
-            Repr::Dense(dense) => dense.set_max(index, value),
-            Repr::Sparse(sparse) => match sparse.set_max(index, value) {
-                SetOutcome::Unchanged => false,
-                SetOutcome::Changed => true,
-                SetOutcome::Full => {
-                    let mut dense = to_dense(sparse);
-                    dense.set_max(index, value);
-                    self.repr = Repr::Dense(dense);
-                    true
-                }
-            },
+        let outcome = match &mut self.repr {
+            Repr::Dense(dense) => return dense.set_max(index, value),
+            Repr::Nibble(nibble) => nibble.set_max(index, value),
+            Repr::Sparse(sparse) => sparse.set_max(index, value),
+        };
+        match outcome {
+            SetOutcome::Unchanged => false,
+            SetOutcome::Changed => true,
+            SetOutcome::Full => {
+                // Rare (once or twice in a sketch's life): go through one
+                // byte per register and let `from_raw` pick the next form.
+                let mut raw = RawRegisters::new();
+                raw.merge(self);
+                raw.registers[index] = value;
+                self.repr = Repr::from_raw(&raw.registers);
+                true
+            }
         }
     }
 
@@ -192,29 +238,40 @@ impl Hll {
     pub fn register(&self, index: usize) -> Option<u8> {
         (index < REGISTERS).then(|| match &self.repr {
             Repr::Sparse(sparse) => sparse.get(index),
+            Repr::Nibble(nibble) => nibble.get(index),
             Repr::Dense(dense) => dense.get(index),
         })
+    }
+
+    /// `(index, value)` of every non-zero register, by index.
+    fn nonzero(&self) -> Box<dyn Iterator<Item = (usize, u8)> + '_> {
+        match &self.repr {
+            Repr::Sparse(sparse) => Box::new(sparse.iter()),
+            Repr::Nibble(nibble) => Box::new(nibble.nonzero()),
+            Repr::Dense(dense) => Box::new(dense.nonzero()),
+        }
     }
 
     /// How many registers are non-zero.
     pub fn nonzero_registers(&self) -> usize {
         match &self.repr {
             Repr::Sparse(sparse) => sparse.len(),
-            Repr::Dense(dense) => dense.nonzero().count(),
+            _ => self.nonzero().count(),
         }
     }
 
-    /// Whether the registers are held dense (12,288 bytes) rather than
-    /// sparse.
+    /// Whether the registers are held as an array of all 16,384 (4 or 6
+    /// bits each) rather than as a sparse list.
     pub fn is_dense(&self) -> bool {
-        matches!(self.repr, Repr::Dense(_))
+        !matches!(self.repr, Repr::Sparse(_))
     }
 
-    /// Heap bytes held: the allocation's capacity (allocator overhead not
-    /// included).
+    /// Heap bytes held: the allocations' capacity (allocator overhead not
+    /// included). Never more than [`DENSE_BYTES`].
     pub fn heap_bytes(&self) -> usize {
         match &self.repr {
             Repr::Sparse(sparse) => sparse.heap_bytes(),
+            Repr::Nibble(nibble) => nibble.heap_bytes(),
             Repr::Dense(_) => DENSE_BYTES,
         }
     }
@@ -222,6 +279,7 @@ impl Hll {
     fn histogram(&self, hist: &mut [u32; 64]) {
         match &self.repr {
             Repr::Sparse(sparse) => sparse.histogram(hist),
+            Repr::Nibble(nibble) => nibble.histogram(hist),
             Repr::Dense(dense) => dense.histogram(hist),
         }
     }
@@ -235,32 +293,32 @@ impl Hll {
 
     /// `PFMERGE`: every register becomes the larger of the two.
     pub fn merge_from(&mut self, other: &Hll) {
-        let merged = match (&mut self.repr, &other.repr) {
-            (Repr::Dense(dense), Repr::Dense(o)) => {
-                dense.max_from(o);
-                None
-            }
-            (Repr::Dense(dense), Repr::Sparse(o)) => {
-                for (index, value) in o.iter() {
-                    dense.set_max(index, value);
-                }
-                None
-            }
-            (Repr::Sparse(sparse), Repr::Dense(o)) => {
-                let mut dense = o.clone();
-                for (index, value) in sparse.iter() {
-                    dense.set_max(index, value);
-                }
-                Some(Repr::Dense(dense))
-            }
-            (Repr::Sparse(_), Repr::Sparse(o)) if o.len() == 0 => None,
+        match (&mut self.repr, &other.repr) {
+            (_, Repr::Sparse(o)) if o.len() == 0 => {}
+            (Repr::Dense(dense), Repr::Dense(o)) => dense.max_from(o),
             (Repr::Sparse(sparse), Repr::Sparse(o)) => {
                 let union = merge_sorted(sparse.iter(), o.iter());
-                Some(from_entries(&union))
+                if union.len() <= sparse::MAX_ENTRIES {
+                    *sparse = Sparse::from_sorted(union.iter().copied(), union.len());
+                } else {
+                    let mut raw = RawRegisters::new();
+                    for (index, value) in union {
+                        raw.registers[index] = value;
+                    }
+                    self.repr = Repr::from_raw(&raw.registers);
+                }
             }
-        };
-        if let Some(repr) = merged {
-            self.repr = repr;
+            (_, Repr::Sparse(o)) => {
+                for (index, value) in o.iter() {
+                    self.set_max(index, value);
+                }
+            }
+            _ => {
+                let mut raw = RawRegisters::new();
+                raw.merge(self);
+                raw.merge(other);
+                self.repr = Repr::from_raw(&raw.registers);
+            }
         }
     }
 
@@ -281,18 +339,19 @@ impl Hll {
         let mut out = Vec::with_capacity(HEADER_BYTES + 64);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[ENCODING_SPARSE, 0, 0, 0]);
-        // Bit 63 clear: the cache is valid. An estimate never reaches 2^63.
+        // The cached cardinality, valid (bit 63 clear) unless the estimate
+        // itself has bit 63 set, as Redis would store it too.
         out.extend_from_slice(&self.count().to_le_bytes());
-        let sparse_fits = match &self.repr {
-            Repr::Sparse(sparse) => write_sparse(sparse.iter(), &mut out),
-            Repr::Dense(dense) => write_sparse(dense.nonzero(), &mut out),
-        };
-        if !sparse_fits {
+        if !write_sparse(self.nonzero(), &mut out) {
             out.truncate(HEADER_BYTES);
             out[4] = ENCODING_DENSE;
             match &self.repr {
                 Repr::Dense(dense) => out.extend_from_slice(dense.body()),
-                Repr::Sparse(sparse) => out.extend_from_slice(to_dense(sparse).body()),
+                _ => {
+                    let mut raw = RawRegisters::new();
+                    raw.merge(self);
+                    out.extend_from_slice(Dense::from_raw(&raw.registers).body());
+                }
             }
         }
         out
@@ -308,45 +367,20 @@ impl Hll {
         if &header[..4] != MAGIC {
             return Err(HllParseError::BadMagic);
         }
+        let mut raw = RawRegisters::new();
         match header[4] {
             ENCODING_DENSE => {
                 let dense =
                     Dense::from_body(body).ok_or(HllParseError::DenseLength { len: body.len() })?;
-                let nonzero = dense.nonzero().count();
-                let repr = if nonzero <= sparse::MAX_ENTRIES {
-                    Repr::Sparse(Sparse::from_sorted(dense.nonzero(), nonzero))
-                } else {
-                    Repr::Dense(dense)
-                };
-                Ok(Hll { repr })
+                dense.max_into(&mut raw.registers);
             }
-            ENCODING_SPARSE => Ok(Hll {
-                repr: from_entries(&read_sparse(body)?),
-            }),
-            other => Err(HllParseError::UnknownEncoding(other)),
+            ENCODING_SPARSE => read_sparse(body, &mut raw.registers)?,
+            other => return Err(HllParseError::UnknownEncoding(other)),
         }
+        Ok(Hll {
+            repr: Repr::from_raw(&raw.registers),
+        })
     }
-}
-
-/// Registers of sorted `(index, value)` pairs: sparse if they fit.
-fn from_entries(entries: &[(usize, u8)]) -> Repr {
-    if entries.len() <= sparse::MAX_ENTRIES {
-        Repr::Sparse(Sparse::from_sorted(entries.iter().copied(), entries.len()))
-    } else {
-        let mut dense = Dense::new();
-        for &(index, value) in entries {
-            dense.set_max(index, value);
-        }
-        Repr::Dense(dense)
-    }
-}
-
-fn to_dense(sparse: &Sparse) -> Dense {
-    let mut dense = Dense::new();
-    for (index, value) in sparse.iter() {
-        dense.set_max(index, value);
-    }
-    dense
 }
 
 /// Union of two index-sorted register lists, the larger value on a tie.
@@ -425,10 +459,9 @@ fn write_sparse(registers: impl Iterator<Item = (usize, u8)>, out: &mut Vec<u8>)
     out.len() <= REDIS_SPARSE_MAX_BYTES
 }
 
-/// The non-zero registers of a sparse body, by index, checked to cover
-/// exactly the 16,384 registers.
-fn read_sparse(body: &[u8]) -> Result<Vec<(usize, u8)>, HllParseError> {
-    let mut entries = Vec::new();
+/// Writes the registers of a sparse body into `raw` (all zero), checking
+/// that the opcodes cover exactly the 16,384 registers.
+fn read_sparse(body: &[u8], raw: &mut [u8]) -> Result<(), HllParseError> {
     let mut index = 0usize;
     let mut bytes = body.iter();
     while let Some(&op) = bytes.next() {
@@ -440,10 +473,8 @@ fn read_sparse(body: &[u8]) -> Result<Vec<(usize, u8)>, HllParseError> {
             },
             _ => {
                 let len = usize::from(op & 0x3) + 1;
-                let value = (op >> 2 & 0x1f) + 1;
-                let end = index + len;
-                if end <= REGISTERS {
-                    entries.extend((index..end).map(|i| (i, value)));
+                if let Some(run) = raw.get_mut(index..index + len) {
+                    run.fill((op >> 2 & 0x1f) + 1);
                 }
                 len
             }
@@ -454,7 +485,7 @@ fn read_sparse(body: &[u8]) -> Result<Vec<(usize, u8)>, HllParseError> {
         }
     }
     if index == REGISTERS {
-        Ok(entries)
+        Ok(())
     } else {
         Err(HllParseError::SparseLength { covered: index })
     }
@@ -477,6 +508,7 @@ impl RawRegisters {
     pub(super) fn merge(&mut self, hll: &Hll) {
         match &hll.repr {
             Repr::Sparse(sparse) => sparse.max_into(&mut self.registers),
+            Repr::Nibble(nibble) => nibble.max_into(&mut self.registers),
             Repr::Dense(dense) => dense.max_into(&mut self.registers),
         }
     }
@@ -490,14 +522,22 @@ impl RawRegisters {
 
     /// The estimate of the registers.
     pub(super) fn count(&self) -> u64 {
-        // Four sub-histograms, as in `Dense::histogram`.
-        let mut lanes = [[0u32; 64]; 4];
-        for chunk in self.registers.chunks_exact(4) {
+        // Eight sub-histograms, as in `Dense::histogram`, and all-zero
+        // words skipped as Redis does (unions of small sketches are mostly
+        // zeros).
+        let mut lanes = [[0u32; 64]; 8];
+        let mut zeros = 0;
+        for chunk in self.registers.chunks_exact(8) {
+            if chunk.iter().all(|&r| r == 0) {
+                zeros += 8;
+                continue;
+            }
             for (lane, &r) in lanes.iter_mut().zip(chunk) {
                 lane[usize::from(r & 63)] += 1;
             }
         }
         let mut hist = [0u32; 64];
+        hist[0] = zeros;
         for lane in &lanes {
             for (h, l) in hist.iter_mut().zip(lane) {
                 *h += l;
@@ -571,6 +611,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::uniques::nibble;
 
     /// A deterministic stream of well-mixed 64-bit values (SplitMix64).
     fn hashes(seed: u64, n: usize) -> impl Iterator<Item = u64> {
@@ -677,12 +718,9 @@ mod tests {
 
     /// A dense Redis string with these registers and a stale cache.
     fn dense_bytes(values: impl Fn(usize) -> u8) -> Vec<u8> {
-        let mut dense = Dense::new();
-        for i in 0..REGISTERS {
-            dense.set_max(i, values(i));
-        }
+        let raw: Vec<u8> = (0..REGISTERS).map(values).collect();
         let mut bytes = b"HYLL\0\0\0\0\0\0\0\0\0\0\0\x80".to_vec();
-        bytes.extend_from_slice(dense.body());
+        bytes.extend_from_slice(Dense::from_raw(&raw).body());
         bytes
     }
 
@@ -707,29 +745,70 @@ mod tests {
         }
     }
 
+    fn form(hll: &Hll) -> &'static str {
+        match hll.repr {
+            Repr::Sparse(_) => "sparse",
+            Repr::Nibble(_) => "nibble",
+            Repr::Dense(_) => "dense",
+        }
+    }
+
+    /// Checks everything observable against the one-byte-per-register model.
+    fn check(hll: &Hll, model: &[u8]) {
+        assert_eq!(registers(hll), model);
+        let nonzero = model.iter().filter(|&&v| v != 0).count();
+        assert_eq!(hll.nonzero_registers(), nonzero);
+        let mut raw = RawRegisters::new();
+        raw.registers.copy_from_slice(model);
+        assert_eq!(hll.count(), raw.count(), "estimate from any form");
+        assert!(hll.heap_bytes() <= DENSE_BYTES);
+        let back = Hll::from_redis_bytes(&hll.to_redis_bytes()).unwrap();
+        assert_eq!(&back, hll);
+        assert_eq!(form(&back), form(hll));
+    }
+
     #[test]
-    fn goes_dense_past_the_sparse_limit_without_changing_anything() {
+    fn moves_sparse_then_nibble_then_dense_without_changing_anything() {
         let mut hll = Hll::new();
         let mut model = vec![0u8; REGISTERS];
-        let mut i = 0;
-        while hll.nonzero_registers() < sparse::MAX_ENTRIES {
-            let value = (i % 40) as u8 + 1;
-            hll.insert_hash(hash_for(i * 2, value));
-            model[i * 2] = value;
-            i += 1;
-            assert!(hll.heap_bytes() <= DENSE_BYTES);
+        fn set(hll: &mut Hll, model: &mut [u8], index: usize, value: u8) {
+            let changed = value > model[index];
+            model[index] = model[index].max(value);
+            assert_eq!(hll.insert_hash(hash_for(index, value)), changed);
         }
-        assert!(!hll.is_dense());
-        let before = hll.count();
-        assert_eq!(registers(&hll), model);
-        assert!(!hll.insert_hash(hash_for(0, 1)), "no new register");
-        assert!(!hll.is_dense());
-        assert!(hll.insert_hash(hash_for(1, 3)));
-        model[1] = 3;
-        assert!(hll.is_dense());
+        // Sparse up to 4,080 non-zero registers (values 1..=14).
+        for i in 0..sparse::MAX_ENTRIES {
+            set(&mut hll, &mut model, 4 * i, (i % 14) as u8 + 1);
+        }
+        assert_eq!(form(&hll), "sparse");
+        set(&mut hll, &mut model, 0, 1); // no new register
+        assert_eq!(form(&hll), "sparse");
+        assert!(hll.heap_bytes() <= nibble::NIBBLE_BYTES);
+        check(&hll, &model);
+
+        set(&mut hll, &mut model, 1, 3);
+        assert_eq!(form(&hll), "nibble");
+        assert_eq!(hll.heap_bytes(), nibble::NIBBLE_BYTES);
+        check(&hll, &model);
+
+        // 1,024 registers of 15 and more, some raised again.
+        for k in 0..nibble::HIGH_MAX {
+            set(&mut hll, &mut model, 2 + 4 * k, 15 + (k % 36) as u8);
+        }
+        for k in (0..nibble::HIGH_MAX).step_by(7) {
+            set(&mut hll, &mut model, 2 + 4 * k, 51);
+            set(&mut hll, &mut model, 2 + 4 * k, 40); // lower: no change
+        }
+        set(&mut hll, &mut model, 4, 14); // a nibble register, raised in place
+        assert_eq!(form(&hll), "nibble");
+        check(&hll, &model);
+
+        set(&mut hll, &mut model, 3, 15);
+        assert_eq!(form(&hll), "dense");
         assert_eq!(hll.heap_bytes(), DENSE_BYTES);
-        assert_eq!(registers(&hll), model);
-        assert!(hll.count() > before);
+        check(&hll, &model);
+        set(&mut hll, &mut model, 3, 51);
+        check(&hll, &model);
     }
 
     #[test]
@@ -815,7 +894,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_redis_bytes() {
-        for n in [0, 1, 2, 100, 1_000, 5_000, 6_200, 50_000, 1_000_000] {
+        for n in [0, 1, 2, 100, 1_000, 4_100, 5_000, 50_000, 1_000_000] {
             let hll = hll_of(hashes(n as u64, n));
             let bytes = hll.to_redis_bytes();
             assert_eq!(&bytes[..4], MAGIC);
@@ -882,6 +961,45 @@ mod tests {
             parse(&sparse),
             Err(HllParseError::SparseLength { covered: 16385 })
         );
+    }
+
+    /// Registers set by `(index, low, high, roll)` picks: `high` (15..=51)
+    /// when `roll < high_percent`, else `low` (1..=14).
+    fn crafted(picks: &[(usize, u8, u8, u32)], high_percent: u32) -> (Hll, Vec<u8>) {
+        let mut hll = Hll::new();
+        let mut model = vec![0u8; REGISTERS];
+        for &(index, low, high, roll) in picks {
+            let value = if roll < high_percent { high } else { low };
+            hll.insert_hash(hash_for(index, value));
+            model[index] = model[index].max(value);
+        }
+        (hll, model)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// All three forms (sparse, nibble, dense) and merges across them.
+        #[test]
+        fn forms_and_merges_follow_the_model(
+            a in proptest::collection::vec((0usize..REGISTERS, 1u8..=14, 15u8..=51, 0u32..100), 0..7_000),
+            b in proptest::collection::vec((0usize..REGISTERS, 1u8..=14, 15u8..=51, 0u32..100), 0..7_000),
+            high_a in 0u32..40,
+            high_b in 0u32..40,
+        ) {
+            let (ha, ma) = crafted(&a, high_a);
+            let (hb, mb) = crafted(&b, high_b);
+            check(&ha, &ma);
+            check(&hb, &mb);
+            let both: Vec<u8> = ma.iter().zip(&mb).map(|(x, y)| *x.max(y)).collect();
+            let mut ab = ha.clone();
+            ab.merge_from(&hb);
+            let mut ba = hb.clone();
+            ba.merge_from(&ha);
+            check(&ab, &both);
+            prop_assert_eq!(&ab, &ba);
+            prop_assert_eq!(Hll::union_count([&ha, &hb]), ab.count());
+        }
     }
 
     proptest! {

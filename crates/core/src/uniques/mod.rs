@@ -54,6 +54,7 @@
 mod dense;
 pub mod hll;
 pub mod murmur;
+mod nibble;
 mod sparse;
 
 pub use hll::{Hll, HllParseError};

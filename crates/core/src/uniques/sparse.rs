@@ -17,7 +17,8 @@
 //! for a new entry, a `memmove` of the entries after it and up to 16 end
 //! updates.
 
-use super::hll::{DENSE_BYTES, REGISTERS};
+use super::hll::REGISTERS;
+use super::nibble::NIBBLE_BYTES;
 
 const BLOCK_BITS: u32 = 10;
 const BLOCKS: usize = REGISTERS >> BLOCK_BITS;
@@ -26,8 +27,9 @@ const VALUE_BITS: u32 = 6;
 const VALUE_MASK: u16 = (1 << VALUE_BITS) - 1;
 
 /// Most entries a sparse array holds: with the 16 block ends it then takes
-/// exactly as many bytes as the dense body, so past it dense is smaller.
-pub(super) const MAX_ENTRIES: usize = DENSE_BYTES / 2 - BLOCKS;
+/// exactly as many bytes as the 4-bit array that replaces it, so past it
+/// that one is smaller.
+pub(super) const MAX_ENTRIES: usize = NIBBLE_BYTES / 2 - BLOCKS;
 
 /// What [`Sparse::set_max`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
