@@ -14,8 +14,8 @@ const MASK: u32 = 63;
 /// A full register array in Redis's packed dense layout.
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct Dense {
-    /// Always `DENSE_BYTES` long.
-    bytes: Box<[u8]>,
+    /// A fixed-size box: a thin pointer keeps `Hll` small inline.
+    bytes: Box<[u8; DENSE_BYTES]>,
 }
 
 /// The little-endian 24-bit word of a 3-byte group.
@@ -26,28 +26,29 @@ fn word(b: &[u8]) -> u32 {
 impl Dense {
     /// Packs one byte per register (each ≤ 63).
     pub(super) fn from_raw(raw: &[u8]) -> Self {
-        let mut bytes = Vec::with_capacity(DENSE_BYTES);
-        for r in raw.chunks_exact(4) {
+        let mut bytes = Box::new([0; DENSE_BYTES]);
+        for (out, r) in bytes.chunks_exact_mut(3).zip(raw.chunks_exact(4)) {
             let w = u32::from(r[0])
                 | u32::from(r[1]) << 6
                 | u32::from(r[2]) << 12
                 | u32::from(r[3]) << 18;
-            bytes.extend_from_slice(&w.to_le_bytes()[..3]);
+            out.copy_from_slice(&w.to_le_bytes()[..3]);
         }
-        Self {
-            bytes: bytes.into_boxed_slice(),
-        }
+        Self { bytes }
     }
 
     /// Adopts a Redis dense body; `None` unless it is exactly
     /// `DENSE_BYTES` long.
     pub(super) fn from_body(body: &[u8]) -> Option<Self> {
-        (body.len() == DENSE_BYTES).then(|| Self { bytes: body.into() })
+        let bytes: &[u8; DENSE_BYTES] = body.try_into().ok()?;
+        Some(Self {
+            bytes: Box::new(*bytes),
+        })
     }
 
     /// The Redis dense body.
     pub(super) fn body(&self) -> &[u8] {
-        &self.bytes
+        &self.bytes[..]
     }
 
     fn word(&self, group: usize) -> u32 {

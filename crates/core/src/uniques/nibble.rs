@@ -32,7 +32,8 @@ pub(super) const NIBBLE_BYTES: usize = REGISTERS / 2;
 /// 4-bit registers with an escape list for values of 15 and more.
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct Nibble {
-    nibbles: Box<[u8]>,
+    /// A fixed-size box: a thin pointer keeps `Hll` small inline.
+    nibbles: Box<[u8; NIBBLE_BYTES]>,
     high: Vec<u32>,
 }
 
@@ -50,10 +51,10 @@ impl Nibble {
                 high.push((index as u32) << VALUE_BITS | u32::from(v));
             }
         }
-        let nibbles = raw
-            .chunks_exact(2)
-            .map(|pair| pair[0].min(ESCAPE) | pair[1].min(ESCAPE) << 4)
-            .collect();
+        let mut nibbles = Box::new([0; NIBBLE_BYTES]);
+        for (byte, pair) in nibbles.iter_mut().zip(raw.chunks_exact(2)) {
+            *byte = pair[0].min(ESCAPE) | pair[1].min(ESCAPE) << 4;
+        }
         Some(Self { nibbles, high })
     }
 
