@@ -9,9 +9,9 @@
 //! Invariants: the vector is empty (no non-zero register, no allocation) or
 //! holds the 16 ends and at least one entry; entries are strictly increasing
 //! within a block; no entry has value 0; at most [`MAX_ENTRIES`] entries, so
-//! the heap never exceeds the dense body. The representation is therefore a
-//! function of the registers alone, and derived equality is register
-//! equality.
+//! the heap never exceeds the 8,192-byte 4-bit array that replaces it. The
+//! representation is therefore a function of the registers alone, and
+//! derived equality is register equality.
 //!
 //! Setting a register is a binary search in its block (≈ n/16 entries) and,
 //! for a new entry, a `memmove` of the entries after it and up to 16 end
@@ -39,7 +39,7 @@ pub(super) enum SetOutcome {
     /// The register was raised.
     Changed,
     /// The register is zero and there is no room for another entry: the
-    /// caller must go dense.
+    /// caller must move to the next form.
     Full,
 }
 
@@ -121,8 +121,8 @@ impl Sparse {
                 if self.data.len() == self.data.capacity() {
                     // Grow by an eighth rather than double: the slack stays
                     // under 12.5%, which matters more here than the extra
-                    // copies (a sketch gets at most 6,128 new entries), and
-                    // the capacity never passes the dense size.
+                    // copies (a sketch gets at most 4,080 new entries), and
+                    // the capacity never passes the 4-bit array's size.
                     let room = BLOCKS + MAX_ENTRIES - self.data.len();
                     self.data
                         .reserve_exact((self.data.len() / 8).clamp(8, 1024).min(room));
