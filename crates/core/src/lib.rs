@@ -12,6 +12,8 @@
 //! * [`window`]: per-campaign counters with exact one-second windows over the
 //!   last hour and day, readable in constant time ([`WindowCounter`]).
 //! * [`stats`]: the numbers answered for a campaign ([`Stats`]).
+//! * [`uniques`]: distinct users, exact when few, else a HyperLogLog that
+//!   answers exactly as Redis's `PFCOUNT` ([`UniqueSketch`], [`Hll`]).
 //! * [`engine`]: the above put together, thread-safe, batch-first
 //!   ([`Engine`]).
 //! * [`time`]: [`Timestamp`] and the injectable [`Clock`].
@@ -28,6 +30,7 @@ pub mod impression;
 pub mod reference;
 pub mod stats;
 pub mod time;
+pub mod uniques;
 pub mod window;
 
 pub use campaign::{Campaign, CampaignId, CampaignName};
@@ -37,4 +40,5 @@ pub use error::ValidationError;
 pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use uniques::{Hll, HllParseError, UniqueParts, UniqueSketch, murmur64a};
 pub use window::{Resolution, WindowCounter, WindowParts};
