@@ -72,7 +72,7 @@ async fn answer(response: axum::response::Response) -> Answer {
 /// Both must answer every kind of request alike.
 #[tokio::test]
 async fn the_edge_and_the_router_answer_the_hot_route_alike() {
-    let config = config(&["--max-body-bytes", "2048"]);
+    let config = config(&["--storage", "memory", "--max-body-bytes", "2048"]);
     let clock = Arc::new(ManualClock::new(T0));
     let store = storage::open(&config.storage(), Arc::clone(&clock) as Arc<dyn Clock>)
         .await
