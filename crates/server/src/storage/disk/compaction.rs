@@ -68,8 +68,16 @@ impl Compactor {
     /// A segment of `bytes` was closed, and `next` is being written: starts
     /// a compaction of everything before `next` if one is due and none runs.
     pub fn segment_closed(&self, bytes: u64, next: u64, now: Timestamp) {
+        self.state.lock().closed_bytes += bytes;
+        self.catch_up(next, now);
+    }
+
+    /// Starts a compaction of everything before segment `next` if one is due
+    /// and none runs. Called at every rotation, and by the periodic upkeep,
+    /// so a compaction skipped because another was still running is not
+    /// left for the next rotation.
+    pub fn catch_up(&self, next: u64, now: Timestamp) {
         let mut state = self.state.lock();
-        state.closed_bytes += bytes;
         let due = state.closed_bytes >= state.snapshot_bytes.max(self.segment_bytes);
         let idle = state.running.as_ref().is_none_or(JoinHandle::is_finished);
         if due && idle {

@@ -111,6 +111,11 @@ impl Log {
         })
     }
 
+    /// The segment being written: every one before it is closed.
+    pub fn current_segment(&self) -> u64 {
+        self.writer.lock().segment
+    }
+
     /// Takes the writer: the holder appends in log order.
     pub fn lock(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock()

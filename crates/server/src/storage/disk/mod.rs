@@ -315,6 +315,7 @@ impl Store for DiskStore {
 
     async fn maintain(&self, now: Timestamp) {
         self.memory.maintain(now).await;
+        self.compactor.catch_up(self.log.current_segment(), now);
     }
 
     fn acknowledges_after_apply(&self) -> bool {
