@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -30,11 +31,11 @@ use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
 use crate::campaign::{Campaign, CampaignId};
-use crate::dedup::{Decision, DedupIndex, DedupScope, Fingerprint};
+use crate::dedup::{Decision, DedupIndex, DedupScope, Fingerprint, Tally};
 use crate::impression::{AdId, Impression, Rejection, TrackOutcome};
 use crate::stats::{AdBreakdown, Stats};
 use crate::time::Timestamp;
-use crate::window::{Resolution, WindowCounter, WindowParts};
+use crate::window::{AdCounter, AdParts, Resolution, WindowCounter, WindowParts};
 
 /// How an [`Engine`] counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,11 +114,31 @@ pub struct CampaignSnapshot {
     /// Its counters.
     pub all: WindowParts,
     /// Its ads' own counters, in ad id order.
-    pub ads: Vec<(AdId, WindowParts)>,
+    pub ads: Vec<(AdId, AdParts)>,
     /// Counters of ads beyond the limit.
-    pub other_ads: WindowParts,
+    pub other_ads: AdParts,
     /// Whether an ad was refused its own counters.
     pub ads_limit_exceeded: bool,
+}
+
+/// Heap bytes the engine's state holds, by kind: its own estimate, kept up
+/// to date as the state changes (never by walking it), so it can be read on
+/// every request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// The dedup index: ring chunks and slot tables.
+    pub dedup: usize,
+    /// Window counters of campaigns and ads, and the per-ad maps.
+    pub counters: usize,
+    /// Campaign records and their place in the registry.
+    pub campaigns: usize,
+}
+
+impl MemoryUse {
+    /// All of it.
+    pub fn total(&self) -> usize {
+        self.dedup + self.counters + self.campaigns
+    }
 }
 
 /// The in-memory impression counter.
@@ -125,6 +146,10 @@ pub struct Engine {
     config: EngineConfig,
     campaigns: RwLock<BTreeMap<CampaignId, CampaignSlot>>,
     dedup: DedupIndex,
+    /// Heap bytes of every campaign's counters (see [`MemoryUse`]).
+    counter_bytes: AtomicUsize,
+    /// Heap bytes of the campaign records.
+    campaign_bytes: AtomicUsize,
 }
 
 struct CampaignSlot {
@@ -135,8 +160,8 @@ struct CampaignSlot {
 /// A campaign's window counters: all of it, and per ad.
 struct CampaignCounters {
     all: WindowCounter,
-    ads: HashMap<AdId, WindowCounter>,
-    other_ads: WindowCounter,
+    ads: HashMap<AdId, AdCounter>,
+    other_ads: AdCounter,
     ads_limit_exceeded: bool,
     max_ads: usize,
     history_hours: u64,
@@ -147,29 +172,53 @@ impl CampaignCounters {
         CampaignCounters {
             all: WindowCounter::new(config.history_hours),
             ads: HashMap::new(),
-            other_ads: WindowCounter::new(config.history_hours),
+            other_ads: AdCounter::new(config.history_hours),
             ads_limit_exceeded: false,
             max_ads: config.max_ads_per_campaign,
             history_hours: config.history_hours,
         }
     }
 
-    fn record(&mut self, ad: &AdId, t: Timestamp, now: Timestamp) {
-        self.all.record(t, now);
+    /// Heap bytes of the per-ad map itself and of each ad id: a bucket per
+    /// slot of capacity (key, counter and a control byte), the id's text.
+    fn ad_entry_bytes(&self) -> usize {
+        self.ads.capacity() * (size_of::<(AdId, AdCounter)>() + 1)
+            + self.ads.keys().map(|ad| ad.as_str().len()).sum::<usize>()
+    }
+
+    /// Heap bytes held, all of it (for tests and restores; recording keeps
+    /// the engine's total up to date by changes instead).
+    fn heap_bytes(&self) -> usize {
+        self.all.heap_bytes()
+            + self.other_ads.heap_bytes()
+            + self.ads.values().map(AdCounter::heap_bytes).sum::<usize>()
+            + self.ad_entry_bytes()
+    }
+
+    /// Records one counted impression; returns the change in heap bytes.
+    fn record(&mut self, ad: &AdId, t: Timestamp, now: Timestamp) -> isize {
+        let mut grew = self.all.record(t, now);
         if let Some(w) = self.ads.get_mut(ad) {
-            w.record(t, now);
+            grew += w.record(t, now);
         } else if self.ads.len() < self.max_ads {
-            let mut w = WindowCounter::new(self.history_hours);
-            w.record(t, now);
+            let mut w = AdCounter::new(self.history_hours);
+            grew += w.record(t, now);
+            let capacity = self.ads.capacity();
             self.ads.insert(ad.clone(), w);
+            let added_slots = self.ads.capacity() - capacity;
+            grew += crate::window::growth(
+                0,
+                added_slots * (size_of::<(AdId, AdCounter)>() + 1) + ad.as_str().len(),
+            );
         } else {
             self.ads_limit_exceeded = true;
-            self.other_ads.record(t, now);
+            grew += self.other_ads.record(t, now);
         }
+        grew
     }
 
     fn snapshot(&self, campaign: &Campaign) -> CampaignSnapshot {
-        let mut ads: Vec<(AdId, WindowParts)> = self
+        let mut ads: Vec<(AdId, AdParts)> = self
             .ads
             .iter()
             .map(|(ad, w)| (ad.clone(), w.to_parts()))
@@ -188,22 +237,23 @@ impl CampaignCounters {
         let history = config.history_hours;
         let mut counters = CampaignCounters::new(config);
         counters.all = WindowCounter::from_parts(history, snapshot.all);
-        counters.other_ads = WindowCounter::from_parts(history, snapshot.other_ads);
+        counters.other_ads = AdCounter::from_parts(history, snapshot.other_ads);
         counters.ads_limit_exceeded = snapshot.ads_limit_exceeded;
         for (ad, parts) in snapshot.ads {
             counters
                 .ads
-                .insert(ad, WindowCounter::from_parts(history, parts));
+                .insert(ad, AdCounter::from_parts(history, parts));
         }
         counters
     }
 
-    fn prune(&mut self, now: Timestamp) {
-        self.all.prune(now);
-        self.other_ads.prune(now);
+    /// Drops what no window needs at `now`; returns the change in heap bytes.
+    fn prune(&mut self, now: Timestamp) -> isize {
+        let mut grew = self.all.prune(now) + self.other_ads.prune(now);
         for w in self.ads.values_mut() {
-            w.prune(now);
+            grew += w.prune(now);
         }
+        grew
     }
 
     fn breakdown(&self, now: Timestamp) -> AdBreakdown {
@@ -230,7 +280,53 @@ impl Engine {
             dedup: DedupIndex::new(config.ttl, config.max_lateness, config.dedup_shards),
             campaigns: RwLock::default(),
             config,
+            counter_bytes: AtomicUsize::new(0),
+            campaign_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Heap bytes the state holds, by kind (see [`MemoryUse`]): three atomic
+    /// reads.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            dedup: self.dedup.heap_bytes(),
+            counters: self.counter_bytes.load(Ordering::Relaxed),
+            campaigns: self.campaign_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether tracking `impression` at `now` would count it (and so add
+    /// state: a key's entry, counter buckets), rather than find it a
+    /// duplicate. Rejections (unknown campaign, not started) add nothing.
+    pub fn would_count(&self, impression: &Impression, now: Timestamp) -> bool {
+        let fp = Fingerprint::of(
+            &impression.campaign_id,
+            &impression.ad_id,
+            &impression.user_id,
+            self.config.scope,
+        );
+        self.dedup.would_count(fp, impression.timestamp, now)
+    }
+
+    fn counters_grew(&self, grew: isize) {
+        if grew > 0 {
+            self.counter_bytes
+                .fetch_add(grew.unsigned_abs(), Ordering::Relaxed);
+        } else if grew < 0 {
+            self.counter_bytes
+                .fetch_sub(grew.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// What one campaign record costs: its registry entry (key and slot,
+    /// counters inline), twice, because ids arrive in increasing order
+    /// (UUIDv7) and a B-tree filled in order keeps its nodes half full; the
+    /// shared record (with the `Arc`'s two counts) and its name's text.
+    fn campaign_record_bytes(campaign: &Campaign) -> usize {
+        2 * size_of::<(CampaignId, CampaignSlot)>()
+            + 2 * size_of::<usize>()
+            + size_of::<Campaign>()
+            + campaign.name.as_str().len()
     }
 
     /// The configuration it was built with.
@@ -246,6 +342,8 @@ impl Engine {
             return Err(CampaignExists(campaign.id));
         }
         let campaign = Arc::new(campaign);
+        self.campaign_bytes
+            .fetch_add(Self::campaign_record_bytes(&campaign), Ordering::Relaxed);
         campaigns.insert(
             campaign.id,
             CampaignSlot {
@@ -307,13 +405,15 @@ impl Engine {
         outcomes.clear();
         let campaigns = self.campaigns.read();
         if batch.len() <= SMALL_BATCH {
-            let mut live = 0;
+            let mut tally = Tally::default();
+            let mut grew = 0;
             outcomes.extend(
                 batch
                     .iter()
-                    .map(|imp| self.track_one(&campaigns, imp, now, &mut live)),
+                    .map(|imp| self.track_one(&campaigns, imp, now, &mut tally, &mut grew)),
             );
-            self.dedup.publish(live);
+            self.dedup.publish(tally);
+            self.counters_grew(grew);
             return;
         }
         outcomes.resize(batch.len(), TrackOutcome::Duplicate);
@@ -389,6 +489,7 @@ impl Engine {
         let by_campaign = counting_sort(&counted, distinct.len(), |&i| {
             campaign_of[i as usize] as usize
         });
+        let mut grew = 0;
         for (c, range) in by_campaign.ranges.into_iter().enumerate() {
             if range.is_empty() {
                 continue;
@@ -396,23 +497,26 @@ impl Engine {
             let mut counters = distinct[c].windows.lock();
             for &k in &by_campaign.order[range] {
                 let imp = &batch[counted[k] as usize];
-                counters.record(&imp.ad_id, imp.timestamp, now);
+                grew += counters.record(&imp.ad_id, imp.timestamp, now);
             }
         }
+        self.counters_grew(grew);
     }
 
     /// One impression of a small batch, the single-impression requests'
     /// case: the same steps and lock order as a batch (registry, held by the
     /// caller, then dedup shard, then the campaign's windows), without the
     /// per-batch bookkeeping (maps, sorts, buffers), which costs more than
-    /// the work itself for a few items. The change in live keys is added to
-    /// `live`, which the caller publishes once for the batch.
+    /// the work itself for a few items. The index's changes are added to
+    /// `tally` and the counters' to `grew`, which the caller publishes once
+    /// for the batch.
     fn track_one(
         &self,
         campaigns: &BTreeMap<CampaignId, CampaignSlot>,
         imp: &Impression,
         now: Timestamp,
-        live: &mut isize,
+        tally: &mut Tally,
+        grew: &mut isize,
     ) -> TrackOutcome {
         let Some(slot) = campaigns.get(&imp.campaign_id) else {
             return TrackOutcome::Rejected(Rejection::UnknownCampaign);
@@ -426,10 +530,10 @@ impl Engine {
             &imp.user_id,
             self.config.scope,
         );
-        let decision = self.dedup.check_tallied(fp, imp.timestamp, now, live);
+        let decision = self.dedup.check_tallied(fp, imp.timestamp, now, tally);
         match decision {
             Decision::Count { .. } => {
-                slot.windows.lock().record(&imp.ad_id, imp.timestamp, now);
+                *grew += slot.windows.lock().record(&imp.ad_id, imp.timestamp, now);
                 TrackOutcome::Counted
             }
             Decision::Duplicate => TrackOutcome::Duplicate,
@@ -493,6 +597,10 @@ impl Engine {
         }
         let campaign = Arc::new(snapshot.campaign.clone());
         let counters = CampaignCounters::restore(&self.config, snapshot);
+        self.campaign_bytes
+            .fetch_add(Self::campaign_record_bytes(&campaign), Ordering::Relaxed);
+        self.counter_bytes
+            .fetch_add(counters.heap_bytes(), Ordering::Relaxed);
         campaigns.insert(
             id,
             CampaignSlot {
@@ -526,7 +634,8 @@ impl Engine {
             return false;
         };
         self.dedup.restore(fp, t, now);
-        slot.windows.lock().record(ad_id, t, now);
+        let grew = slot.windows.lock().record(ad_id, t, now);
+        self.counters_grew(grew);
         true
     }
 
@@ -558,9 +667,11 @@ impl Engine {
     /// so) so memory also falls when traffic stops.
     pub fn expire(&self, now: Timestamp) {
         self.dedup.expire(now);
+        let mut grew = 0;
         for slot in self.campaigns.read().values() {
-            slot.windows.lock().prune(now);
+            grew += slot.windows.lock().prune(now);
         }
+        self.counters_grew(grew);
     }
 }
 

@@ -9,8 +9,9 @@
 //!   values (`CampaignName::parse`, `UserId::parse`, ...).
 //! * [`dedup`]: the TTL duplicate rule ([`DedupRule`]) and the sharded,
 //!   self-expiring index of 128-bit key fingerprints ([`DedupIndex`]).
-//! * [`window`]: per-campaign counters with exact one-second windows over the
-//!   last hour and day, readable in constant time ([`WindowCounter`]).
+//! * [`window`]: counters with exact windows over the last hour and day,
+//!   readable in constant time: a campaign's exact to the second
+//!   ([`WindowCounter`]), an ad's exact to the minute ([`AdCounter`]).
 //! * [`stats`]: the numbers answered for a campaign ([`Stats`]).
 //! * [`uniques`]: distinct users, exact when few, else a HyperLogLog that
 //!   answers exactly as Redis's `PFCOUNT` ([`UniqueSketch`], [`Hll`]).
@@ -41,4 +42,4 @@ pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use uniques::{Hll, HllParseError, UniqueParts, UniqueSketch, murmur64a};
-pub use window::{Resolution, WindowCounter, WindowParts};
+pub use window::{AdCounter, AdParts, Resolution, WindowCounter, WindowParts};

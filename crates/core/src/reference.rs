@@ -79,7 +79,8 @@ impl ReferenceModel {
     }
 
     /// The campaign's per-ad stats at `now`: the first `max_ads` ads counted
-    /// get their own, the rest are summed in `other`.
+    /// get their own, the rest are summed in `other`; ads' windows are whole
+    /// minutes.
     pub fn ad_stats(&self, id: CampaignId, now: Timestamp) -> Option<AdBreakdown> {
         self.starts.get(&id)?;
         let mut own: Vec<&AdId> = Vec::new();
@@ -91,7 +92,7 @@ impl ReferenceModel {
         let mut ads: Vec<(AdId, Stats)> = own
             .iter()
             .map(|&ad| {
-                let s = window(self.of(id).filter(|e| e.1 == *ad).map(|e| e.3), now);
+                let s = minute_window(self.of(id).filter(|e| e.1 == *ad).map(|e| e.3), now);
                 (ad.clone(), s)
             })
             .collect();
@@ -100,7 +101,7 @@ impl ReferenceModel {
         Some(AdBreakdown {
             campaign: window(self.of(id).map(|e| e.3), now),
             ads,
-            other: window(
+            other: minute_window(
                 self.of(id).filter(|e| !own.contains(&&e.1)).map(|e| e.3),
                 now,
             ),
@@ -135,6 +136,20 @@ impl ReferenceModel {
     }
 }
 
+/// An ad's windows: whole minutes, the current one included.
+fn minute_window(times: impl Iterator<Item = Timestamp>, now: Timestamp) -> Stats {
+    let now_minute = now.as_secs() / 60;
+    let mut s = Stats::default();
+    for t in times {
+        let minute = t.as_secs() / 60;
+        s.total += 1;
+        s.last_hour += u64::from(minute + LAST_HOUR_SECS / 60 > now_minute);
+        s.last_day += u64::from(minute + LAST_DAY_SECS / 60 > now_minute);
+    }
+    s
+}
+
+/// A campaign's windows: exact to the second.
 fn window(times: impl Iterator<Item = Timestamp>, now: Timestamp) -> Stats {
     let now_sec = now.as_secs();
     let mut s = Stats::default();

@@ -193,6 +193,17 @@ pub struct DedupIndex {
     /// Live keys, updated once per locked operation (not per key), so it
     /// can be read on every request without touching the shards.
     live: CacheAligned<AtomicUsize>,
+    /// Heap bytes of every shard, updated when a locked operation changed
+    /// them (a ring chunk or a table resize: rarely).
+    heap: CacheAligned<AtomicUsize>,
+}
+
+/// What a run of [`DedupIndex::check_tallied`] calls changed, published
+/// once ([`DedupIndex::publish`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    live: isize,
+    heap: isize,
 }
 
 /// Keeps each shard's lock on its own cache lines, so two cores working on
@@ -224,6 +235,7 @@ impl DedupIndex {
                 })
                 .collect(),
             live: CacheAligned(AtomicUsize::new(0)),
+            heap: CacheAligned(AtomicUsize::new(0)),
         }
     }
 
@@ -246,10 +258,12 @@ impl DedupIndex {
     pub fn lock_shard(&self, shard: usize) -> ShardGuard<'_> {
         let shard = self.shards[shard].0.lock();
         let len_before = shard.live;
+        let heap_before = shard.heap_bytes();
         ShardGuard {
             shard,
             index: self,
             len_before,
+            heap_before,
         }
     }
 
@@ -263,34 +277,49 @@ impl DedupIndex {
         fp: Fingerprint,
         t: Timestamp,
         now: Timestamp,
-        tally: &mut isize,
+        tally: &mut Tally,
     ) -> Decision {
         let mut shard = self.shards[self.shard_of(fp)].0.lock();
-        let before = shard.live;
+        let (live, heap) = (shard.live, shard.heap_bytes());
         shard.expire(now, self.retention_ms);
         let decision = shard.check(&self.rule, fp, t);
-        // Live counts are far below isize::MAX.
-        *tally += shard.live as isize - before as isize;
+        tally.live += crate::window::growth(live, shard.live);
+        tally.heap += crate::window::growth(heap, shard.heap_bytes());
         decision
     }
 
     /// Publishes a tally of [`DedupIndex::check_tallied`] calls.
-    pub fn publish(&self, tally: isize) {
-        if tally > 0 {
-            self.live
-                .0
-                .fetch_add(tally.unsigned_abs(), Ordering::Relaxed);
-        } else if tally < 0 {
-            self.live
-                .0
-                .fetch_sub(tally.unsigned_abs(), Ordering::Relaxed);
-        }
+    pub fn publish(&self, tally: Tally) {
+        add_signed(&self.live.0, tally.live);
+        add_signed(&self.heap.0, tally.heap);
+    }
+
+    /// Heap bytes the index holds (capacity, not use), as of the last
+    /// completed operation: one atomic read.
+    pub fn heap_bytes(&self) -> usize {
+        self.heap.0.load(Ordering::Relaxed)
     }
 
     /// Live keys as of the last completed operation: cheap (one atomic
     /// read), exact once no operation is in progress.
     pub fn len_estimate(&self) -> usize {
         self.live.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether an impression of `fp` at `t` would be counted (a new key, or
+    /// a live one whose last count is a TTL or more away), checked at `now`.
+    /// Decides nothing and changes no key.
+    pub fn would_count(&self, fp: Fingerprint, t: Timestamp, now: Timestamp) -> bool {
+        let mut shard = self.lock_shard(self.shard_of(fp));
+        shard.shard.expire(now, self.retention_ms);
+        let last = shard.shard.find(fp).map(|slot| {
+            shard
+                .shard
+                .ring
+                .get(shard.shard.table.pos(slot))
+                .last_counted()
+        });
+        matches!(self.rule.decide(last, t), Decision::Count { .. })
     }
 
     /// Whether `fp` is a live key at `now`.
@@ -353,23 +382,26 @@ pub struct ShardGuard<'a> {
     shard: MutexGuard<'a, Shard>,
     index: &'a DedupIndex,
     len_before: usize,
+    heap_before: usize,
 }
 
 impl Drop for ShardGuard<'_> {
-    /// Publishes the change in live keys once, as the lock is released.
+    /// Publishes the change in live keys and heap bytes once, as the lock
+    /// is released (no write to the shared counts when nothing changed).
     fn drop(&mut self) {
-        let len = self.shard.live;
-        if len > self.len_before {
-            self.index
-                .live
-                .0
-                .fetch_add(len - self.len_before, Ordering::Relaxed);
-        } else if len < self.len_before {
-            self.index
-                .live
-                .0
-                .fetch_sub(self.len_before - len, Ordering::Relaxed);
-        }
+        self.index.publish(Tally {
+            live: crate::window::growth(self.len_before, self.shard.live),
+            heap: crate::window::growth(self.heap_before, self.shard.heap_bytes()),
+        });
+    }
+}
+
+/// Adds a signed change to an unsigned count; no write for no change.
+fn add_signed(count: &AtomicUsize, change: isize) {
+    if change > 0 {
+        count.fetch_add(change.unsigned_abs(), Ordering::Relaxed);
+    } else if change < 0 {
+        count.fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
     }
 }
 
@@ -413,6 +445,10 @@ struct Shard {
 }
 
 impl Shard {
+    fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes() + self.ring.heap_bytes()
+    }
+
     fn check(&mut self, rule: &DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
         match self.find(fp) {
             Some(slot) => {

@@ -129,6 +129,12 @@ impl Ring {
         self.nth(0)
     }
 
+    /// Heap bytes held: the chunks (the spare included) and their list.
+    pub(super) fn heap_bytes(&self) -> usize {
+        let chunks = self.chunks.len() + usize::from(self.spare.is_some());
+        chunks * CHUNK_LEN * size_of::<Entry>() + self.chunks.capacity() * size_of::<Box<[Entry]>>()
+    }
+
     /// The `n`-th entry from the front, with its position.
     pub(super) fn nth(&self, n: u32) -> Option<(u32, Entry)> {
         let len = self.tail.wrapping_sub(self.head);

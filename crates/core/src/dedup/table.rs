@@ -82,6 +82,11 @@ impl SlotTable {
         self.slots.len()
     }
 
+    /// Heap bytes held: the slots and the compaction scratch space.
+    pub(super) fn heap_bytes(&self) -> usize {
+        (self.slots.capacity() + self.scratch.capacity()) * size_of::<u64>()
+    }
+
     #[inline]
     fn mask(&self) -> usize {
         self.slots.len() - 1

@@ -1,4 +1,4 @@
-//! Window counters: exact per-second counts, summed hierarchically.
+//! The campaign's counter: exact per-second counts, summed hierarchically.
 //!
 //! A [`WindowCounter`] answers "how many counted impressions since second
 //! `s`" for any `s` in the last day, exactly, in constant time, from memory
@@ -28,37 +28,9 @@
 
 use std::collections::VecDeque;
 
+use super::{MIN_HISTORY_HOURS, MINUTES_BACK, Resolution};
 use crate::stats::{LAST_DAY_SECS, LAST_HOUR_SECS, Stats};
 use crate::time::Timestamp;
-
-/// Minute buckets kept behind the current minute: the day window starts at
-/// most this many minutes back.
-const MINUTES_BACK: u64 = LAST_DAY_SECS / 60;
-
-/// Fewest hour buckets kept: the day window reaches into the 25th hour back.
-pub const MIN_HISTORY_HOURS: u64 = LAST_DAY_SECS / 3600 + 1;
-
-/// The bucket width of a time series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Resolution {
-    /// One-second buckets (available for the last hour).
-    Second,
-    /// One-minute buckets (available for the last day).
-    Minute,
-    /// One-hour buckets (available for the retained history).
-    Hour,
-}
-
-impl Resolution {
-    /// The bucket width in seconds.
-    pub const fn secs(self) -> u64 {
-        match self {
-            Resolution::Second => 1,
-            Resolution::Minute => 60,
-            Resolution::Hour => 3600,
-        }
-    }
-}
 
 /// The contents of a [`WindowCounter`] as plain data, for snapshots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,18 +79,32 @@ impl WindowCounter {
         }
     }
 
-    /// Records one counted impression at `t`, observed at `now`.
-    pub fn record(&mut self, t: Timestamp, now: Timestamp) {
+    /// Records one counted impression at `t`, observed at `now`. Returns
+    /// the change in [`WindowCounter::heap_bytes`]: zero unless a bucket was
+    /// added or dropped (at most once a minute), so the caller's accounting
+    /// costs nothing on the common path.
+    pub fn record(&mut self, t: Timestamp, now: Timestamp) -> isize {
         self.total += 1;
         let sec = t.as_secs();
         let now_sec = now.as_secs();
-        if sec / 60 + MINUTES_BACK >= now_sec / 60 {
-            let bucket = self.minute_bucket(sec / 60, now);
+        let (minute, hour) = (sec / 60, sec / 3600);
+        let wants_minute = minute + MINUTES_BACK >= now_sec / 60;
+        let wants_hour = hour + self.history_hours > now_sec / 3600;
+        let existing = (!wants_minute || self.minutes.back().is_some_and(|b| b.minute == minute))
+            && (!wants_hour || self.hours.back().is_some_and(|h| h.hour == hour));
+        let before = if existing { 0 } else { self.heap_bytes() };
+        if wants_minute {
+            let bucket = self.minute_bucket(minute, now);
             bucket.total += 1;
             bucket.seconds[(sec % 60) as usize] += 1;
         }
-        if sec / 3600 + self.history_hours > now_sec / 3600 {
-            self.hour_bucket(sec / 3600, now).count += 1;
+        if wants_hour {
+            self.hour_bucket(hour, now).count += 1;
+        }
+        if existing {
+            0
+        } else {
+            super::growth(before, self.heap_bytes())
         }
     }
 
@@ -206,8 +192,23 @@ impl WindowCounter {
         out
     }
 
-    /// Drops buckets no window or history needs any more at `now`.
-    pub fn prune(&mut self, now: Timestamp) {
+    /// Drops buckets no window or history needs any more at `now`; returns
+    /// the change in [`WindowCounter::heap_bytes`].
+    pub fn prune(&mut self, now: Timestamp) -> isize {
+        let before = self.heap_bytes();
+        self.drop_old(now);
+        let (minutes, hours) = (self.minutes.len(), self.hours.len());
+        // Give back what a peak left behind, keeping room to grow.
+        if self.minutes.capacity() > 2 * minutes.max(8) {
+            self.minutes.shrink_to(minutes.max(8));
+        }
+        if self.hours.capacity() > 2 * hours.max(8) {
+            self.hours.shrink_to(hours.max(8));
+        }
+        super::growth(before, self.heap_bytes())
+    }
+
+    fn drop_old(&mut self, now: Timestamp) {
         let now_sec = now.as_secs();
         while self
             .minutes
@@ -272,7 +273,7 @@ impl WindowCounter {
         w
     }
 
-    /// Heap bytes held, for memory accounting.
+    /// Heap bytes held (capacity, not length), for memory accounting.
     pub fn heap_bytes(&self) -> usize {
         self.minutes.capacity() * size_of::<MinuteBucket>()
             + self.minutes.len() * size_of::<[u32; 60]>()
@@ -289,7 +290,7 @@ impl WindowCounter {
                 } else {
                     // A new bucket starts at most once a minute: the moment to
                     // drop the ones that fell out of the day.
-                    self.prune(now);
+                    self.drop_old(now);
                     let i = self.minutes.partition_point(|b| b.minute < minute);
                     self.minutes.insert(
                         i,
@@ -314,7 +315,7 @@ impl WindowCounter {
                 if self.hours.get(i).is_some_and(|h| h.hour == hour) {
                     i
                 } else {
-                    self.prune(now);
+                    self.drop_old(now);
                     let i = self.hours.partition_point(|h| h.hour < hour);
                     self.hours.insert(i, HourBucket { hour, count: 0 });
                     i

@@ -11,24 +11,37 @@
 //! and per-ad counters from the campaign, ad and time; live dedup keys from
 //! the fingerprint and time. Duplicates change nothing and are not logged.
 //!
-//! Snapshot sections: `10` campaign with its counters, `11` a chunk of dedup
+//! Snapshot sections: `13` campaign with its counters, `11` a chunk of dedup
 //! entries (fingerprint, latest counted time), `12` the end, with counts to
 //! check that nothing is missing.
+//!
+//! A campaign section (`13`): campaign, its own counter (total (8), minute
+//! count (4), per minute: minute (8) and 60 per-second counts (4 each), hour
+//! count (4), per hour: hour (8), count (8)), the other-ads counter, the
+//! limit flag (1), ad count (4), per ad: id length (2), id, its counter. Ad
+//! counters are minute-exact: total (8), minute count (4), per minute:
+//! minute (8), count (4), hour count (4), per hour: hour (8), count (8).
+//! Section `10`, written by versions whose ad counters were second-exact,
+//! still loads: its ad counters are summed to minutes.
 
 use impression_core::{
-    AdId, Campaign, CampaignId, CampaignName, CampaignSnapshot, Fingerprint, Timestamp, WindowParts,
+    AdId, AdParts, Campaign, CampaignId, CampaignName, CampaignSnapshot, Fingerprint, Timestamp,
+    WindowParts,
 };
 
 const CAMPAIGN: u8 = 1;
 const COUNTED: u8 = 2;
-const SNAP_CAMPAIGN: u8 = 10;
+/// A campaign whose ad counters are second-exact (read, no longer written).
+const SNAP_CAMPAIGN_SECOND_ADS: u8 = 10;
 const SNAP_DEDUP: u8 = 11;
 const SNAP_END: u8 = 12;
+const SNAP_CAMPAIGN: u8 = 13;
 
 // Encoded sizes (at least) of the repeated items, to refuse a count the
 // rest of the payload cannot hold before allocating room for it.
 const COUNTED_MIN_BYTES: usize = 16 + 16 + 8 + 2;
 const AD_MIN_BYTES: usize = 2 + PARTS_MIN_BYTES;
+const AD_MINUTE_BYTES: usize = 8 + 4;
 const PARTS_MIN_BYTES: usize = 8 + 4 + 4;
 const DEDUP_ENTRY_BYTES: usize = 16 + 8;
 const MINUTE_BYTES: usize = 8 + 60 * 4;
@@ -131,12 +144,12 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
             out.push(SNAP_CAMPAIGN);
             put_campaign(out, &s.campaign);
             put_parts(out, &s.all);
-            put_parts(out, &s.other_ads);
+            put_ad_parts(out, &s.other_ads);
             out.push(u8::from(s.ads_limit_exceeded));
             out.extend_from_slice(&(s.ads.len() as u32).to_le_bytes());
             for (ad, parts) in &s.ads {
                 put_str(out, ad.as_str());
-                put_parts(out, parts);
+                put_ad_parts(out, parts);
             }
         }
         SnapshotSection::Dedup(entries) => {
@@ -159,16 +172,17 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
 pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
     let mut r = Cursor::new(payload);
     let section = match r.u8()? {
-        SNAP_CAMPAIGN => {
+        kind @ (SNAP_CAMPAIGN | SNAP_CAMPAIGN_SECOND_ADS) => {
+            let second_ads = kind == SNAP_CAMPAIGN_SECOND_ADS;
             let campaign = r.campaign()?;
             let all = r.parts()?;
-            let other_ads = r.parts()?;
+            let other_ads = r.ad_parts(second_ads)?;
             let ads_limit_exceeded = r.u8()? != 0;
             let n = r.count(AD_MIN_BYTES)?;
             let mut ads = Vec::with_capacity(n);
             for _ in 0..n {
                 let ad = AdId::parse(r.string()?).map_err(|e| e.to_string())?;
-                ads.push((ad, r.parts()?));
+                ads.push((ad, r.ad_parts(second_ads)?));
             }
             SnapshotSection::Campaign(CampaignSnapshot {
                 campaign,
@@ -209,6 +223,20 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     // Names are at most 256 characters (1 KiB) and ids 512 bytes.
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
+}
+
+fn put_ad_parts(out: &mut Vec<u8>, parts: &AdParts) {
+    out.extend_from_slice(&parts.total.to_le_bytes());
+    out.extend_from_slice(&(parts.minutes.len() as u32).to_le_bytes());
+    for (minute, count) in &parts.minutes {
+        out.extend_from_slice(&minute.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+    out.extend_from_slice(&(parts.hours.len() as u32).to_le_bytes());
+    for (hour, count) in &parts.hours {
+        out.extend_from_slice(&hour.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
 }
 
 fn put_parts(out: &mut Vec<u8>, parts: &WindowParts) {
@@ -330,6 +358,30 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// An ad's counter: minute-exact, or (in sections written before ad
+    /// counters were) second-exact and summed to minutes.
+    fn ad_parts(&mut self, second_exact: bool) -> Result<AdParts, String> {
+        if second_exact {
+            return Ok(AdParts::from(self.parts()?));
+        }
+        let total = self.u64()?;
+        let n = self.count(AD_MINUTE_BYTES)?;
+        let mut minutes = Vec::with_capacity(n);
+        for _ in 0..n {
+            minutes.push((self.u64()?, self.u32()?));
+        }
+        let n = self.count(HOUR_BYTES)?;
+        let mut hours = Vec::with_capacity(n);
+        for _ in 0..n {
+            hours.push((self.u64()?, self.u64()?));
+        }
+        Ok(AdParts {
+            total,
+            minutes,
+            hours,
+        })
+    }
+
     fn finish(&self) -> Result<(), String> {
         if self.pos == self.buf.len() {
             Ok(())
@@ -399,8 +451,15 @@ mod tests {
             SnapshotSection::Campaign(CampaignSnapshot {
                 campaign: campaign(),
                 all: parts.clone(),
-                ads: vec![(AdId::parse("a").unwrap(), parts.clone())],
-                other_ads: WindowParts::default(),
+                ads: vec![(
+                    AdId::parse("a").unwrap(),
+                    AdParts {
+                        total: 3,
+                        minutes: vec![(28_928_160, 3)],
+                        hours: vec![(482_136, 3)],
+                    },
+                )],
+                other_ads: AdParts::default(),
                 ads_limit_exceeded: true,
             }),
             SnapshotSection::Dedup(vec![(
@@ -417,6 +476,39 @@ mod tests {
             encode_section(&mut out, &s);
             assert_eq!(decode_section(&out).unwrap(), s);
         }
+    }
+
+    /// Snapshots written when ad counters were second-exact still load,
+    /// their ad counters summed to minutes.
+    #[test]
+    fn campaign_sections_with_second_exact_ads_load_as_minutes() {
+        let mut seconds = [0u32; 60];
+        seconds[3] = 2;
+        seconds[59] = 1;
+        let second_exact = WindowParts {
+            total: 3,
+            minutes: vec![(28_928_160, seconds), (28_928_161, [0; 60])],
+            hours: vec![(482_136, 3)],
+        };
+        let mut out = vec![SNAP_CAMPAIGN_SECOND_ADS];
+        put_campaign(&mut out, &campaign());
+        put_parts(&mut out, &second_exact);
+        put_parts(&mut out, &WindowParts::default());
+        out.push(0);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        put_str(&mut out, "a");
+        put_parts(&mut out, &second_exact);
+        let SnapshotSection::Campaign(s) = decode_section(&out).unwrap() else {
+            panic!("a campaign section");
+        };
+        assert_eq!(s.all, second_exact, "the campaign stays second-exact");
+        let minutes = AdParts {
+            total: 3,
+            minutes: vec![(28_928_160, 3)],
+            hours: vec![(482_136, 3)],
+        };
+        assert_eq!(s.ads, vec![(AdId::parse("a").unwrap(), minutes)]);
+        assert_eq!(s.other_ads, AdParts::default());
     }
 
     #[test]
@@ -470,7 +562,7 @@ mod tests {
                 campaign: campaign(),
                 all: WindowParts::default(),
                 ads: Vec::new(),
-                other_ads: WindowParts::default(),
+                other_ads: AdParts::default(),
                 ads_limit_exceeded: false,
             }),
         );

@@ -8,15 +8,16 @@
 --                                highest hour (Unix hours) recorded
 --   B..":ads"              hash  ad id -> its counter, "0", "1", ... in the
 --                                order ads were first counted
---   B..":"..k..":m:"..min  hash  second of the minute (0..59) -> count
+--   B..":a:m:"..min        hash  second of the minute (0..59) -> count
 --   B..":"..k..":h:"..hour hash  minute of the hour (0..59) -> count
 --   B..":"..k..":d:"..day  hash  hour of the day (0..23) -> count
 --
 -- k is "a" (the whole campaign), "o" (ads beyond the limit) or an ad's
--- counter. This mirrors crates/core/src/window.rs: per-second counts for the
--- last day, minute totals, hour totals for the retained history, and a
--- total; with the same conditions for what is recorded, so the answers are
--- the embedded engine's.
+-- counter. This mirrors crates/core/src/window/: the campaign ("a") keeps
+-- per-second counts for the last day (WindowCounter), an ad or "o" only
+-- minute totals (AdCounter); both keep hour totals for the retained history
+-- and a total, with the same conditions for what is recorded, so the
+-- answers are the embedded engine's.
 --
 -- Times are the calling node's (ARGV), never Redis's clock. Key expiry only
 -- reclaims memory: every relative expiry is the time until the node-time
@@ -66,10 +67,13 @@ local function record(tally, base, k, sec, n, ctx)
   local minute = floor(sec / 60)
   local hour = floor(sec / 3600)
   local prefix = base .. ':' .. k
-  -- Minute buckets cover the last 1,440 minutes and the current one.
+  -- Minute buckets cover the last 1,440 minutes and the current one; only
+  -- the campaign's hold its seconds.
   if minute + 1440 >= ctx.now_min then
-    tally_add(tally, prefix .. ':m:' .. int(minute), int(sec % 60), n,
-      (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+    if k == 'a' then
+      tally_add(tally, prefix .. ':m:' .. int(minute), int(sec % 60), n,
+        (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+    end
     tally_add(tally, prefix .. ':h:' .. int(hour), int(minute % 60), n,
       (hour * 60 + 60 + 1440) * 60 - ctx.now_sec + ctx.slack)
   end

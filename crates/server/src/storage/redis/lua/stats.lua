@@ -12,6 +12,8 @@
 -- A window [lo, now] is summed as WindowCounter::count_since does: the
 -- seconds of lo's minute from lo on, the minute totals of the rest of lo's
 -- hour, then the hour totals after lo's hour (up to the highest recorded).
+-- An ad's windows (and "other"'s) are whole minutes, as AdCounter's: the
+-- minute totals of lo's hour from lo's minute on, then the hour totals.
 -- That is a handful of HMGETs per counter, whatever the volume.
 local base = string.sub(KEYS[1], 1, -5)
 local now = tonumber(ARGV[1])
@@ -33,20 +35,29 @@ local function hmget_into(sums, counters, suffix, fields)
   end
 end
 
-local function since(counters, lo, maxh)
+-- Counted impressions of each counter since second lo (by_minute false)
+-- or since minute lo (by_minute true).
+local function since(counters, lo, maxh, by_minute)
   local sums = {}
   for j = 1, #counters do
     sums[j] = 0
   end
-  local minute = floor(lo / 60)
-  local hour = floor(lo / 3600)
-  local fields = {}
-  for s = lo % 60, 59 do
-    fields[#fields + 1] = int(s)
+  local minute, first_minute
+  if by_minute then
+    minute = lo
+    first_minute = minute % 60
+  else
+    minute = floor(lo / 60)
+    first_minute = minute % 60 + 1
+    local fields = {}
+    for s = lo % 60, 59 do
+      fields[#fields + 1] = int(s)
+    end
+    hmget_into(sums, counters, ':m:' .. int(minute), fields)
   end
-  hmget_into(sums, counters, ':m:' .. int(minute), fields)
-  fields = {}
-  for m = minute % 60 + 1, 59 do
+  local hour = floor(minute / 60)
+  local fields = {}
+  for m = first_minute, 59 do
     fields[#fields + 1] = int(m)
   end
   hmget_into(sums, counters, ':h:' .. int(hour), fields)
@@ -65,10 +76,15 @@ local function since(counters, lo, maxh)
   return sums
 end
 
-local hour_lo = now - 3599
-if hour_lo < 0 then hour_lo = 0 end
-local day_lo = now - 86399
-if day_lo < 0 then day_lo = 0 end
+local function at_least_zero(n)
+  if n < 0 then return 0 end
+  return n
+end
+local hour_lo = at_least_zero(now - 3599)
+local day_lo = at_least_zero(now - 86399)
+local now_minute = floor(now / 60)
+local hour_lo_minute = at_least_zero(now_minute - 59)
+local day_lo_minute = at_least_zero(now_minute - 1439)
 
 if ARGV[2] == 'a' then
   local tot = redis.call('HMGET', KEYS[1], 'a', 'mh')
@@ -78,7 +94,7 @@ if ARGV[2] == 'a' then
 end
 
 local ads = redis.call('HGETALL', base .. ':ads')
-local counters = { 'a', 'o' }
+local counters = { 'o' }
 local names = {}
 for i = 1, #ads, 2 do
   names[#names + 1] = ads[i]
@@ -92,12 +108,13 @@ for i = 1, #all, 2 do
   tot[all[i]] = all[i + 1]
 end
 local maxh = tonumber(tot['mh'])
-local hour = since(counters, hour_lo, maxh)
-local day = since(counters, day_lo, maxh)
-local out = { tot['x'] and 1 or 0, #names }
+local out = { tot['x'] and 1 or 0, #names,
+  since({ 'a' }, hour_lo, maxh)[1], since({ 'a' }, day_lo, maxh)[1], tonumber(tot['a']) or 0 }
+local hour = since(counters, hour_lo_minute, maxh, true)
+local day = since(counters, day_lo_minute, maxh, true)
 for j = 1, #counters do
-  if j > 2 then
-    out[#out + 1] = names[j - 2]
+  if j > 1 then
+    out[#out + 1] = names[j - 1]
   end
   out[#out + 1] = hour[j]
   out[#out + 1] = day[j]
