@@ -124,6 +124,10 @@ impl Fingerprint {
     }
 
     /// A fingerprint from its 128-bit value.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "splits the value into its low and high 64 bits on purpose"
+    )]
     pub const fn from_u128(v: u128) -> Self {
         Fingerprint {
             lo: v as u64,
@@ -216,9 +220,13 @@ impl DedupIndex {
             shard_shift: 64 - shards.trailing_zeros(),
             shards: (0..shards)
                 .map(|i| {
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        reason = "`i % 8` < 8: the cast cannot truncate"
+                    )]
+                    let stagger = (i % 8) as u8;
                     CacheAligned(Mutex::new(Shard {
-                        // `i % 8` < 8: the cast cannot truncate.
-                        table: SlotTable::staggered((i % 8) as u8),
+                        table: SlotTable::staggered(stagger),
                         ..Shard::default()
                     }))
                 })
@@ -238,6 +246,10 @@ impl DedupIndex {
     }
 
     /// The shard a fingerprint lives in.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "`shard_shift` >= 48 (at most 2^16 shards): the result is below 2^16"
+    )]
     pub fn shard_of(&self, fp: Fingerprint) -> usize {
         fp.hi.checked_shr(self.shard_shift).unwrap_or(0) as usize
     }
@@ -270,7 +282,7 @@ impl DedupIndex {
         shard.expire(now, self.retention_ms);
         let decision = shard.check(&self.rule, fp, t);
         // Live counts are far below isize::MAX.
-        *tally += shard.live as isize - before as isize;
+        *tally += shard.live.cast_signed() - before.cast_signed();
         decision
     }
 

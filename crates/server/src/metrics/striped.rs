@@ -72,6 +72,11 @@ impl StripedHistogram {
         let bucket = self.bounds.partition_point(|&b| b < value);
         stripe.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         stripe.count.fetch_add(1, Ordering::Relaxed);
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to 0..=u64::MAX first; a float-to-int `as` saturates and maps NaN to 0"
+        )]
         let nanos = (value * 1e9).clamp(0.0, u64::MAX as f64) as u64;
         stripe.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }

@@ -233,7 +233,7 @@ fn request_object(
             let mut all: Vec<(String, String)> = per_field.into_iter().flatten().collect();
             all.extend(extra);
             let n = all.len().max(1);
-            all.rotate_left((shuffle as usize) % n);
+            all.rotate_left(usize::try_from(shuffle % n as u64).unwrap());
             object(all)
         })
         .boxed()
@@ -366,7 +366,7 @@ fn query(keys: &'static [&'static str], campaigns: Vec<String>) -> BoxedStrategy
             let mut pairs: Vec<(String, String)> = per_key.into_iter().flatten().collect();
             pairs.extend(junk);
             let n = pairs.len().max(1);
-            pairs.rotate_left((shuffle as usize) % n);
+            pairs.rotate_left(usize::try_from(shuffle % n as u64).unwrap());
             let mut q = String::from("?");
             for (i, (k, v)) in pairs.iter().enumerate() {
                 if i > 0 {
@@ -530,7 +530,10 @@ fn check_rejected(body: &Value, items: Option<usize>) -> Result<(), String> {
         .ok_or(format!("no rejected list: {body}"))?;
     for r in rejected {
         has_keys(r, &["index", "error", "code"])?;
-        let index = r["index"].as_u64().ok_or(format!("bad index: {r}"))? as usize;
+        let index = r["index"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .ok_or(format!("bad index: {r}"))?;
         if items.is_some_and(|n| index >= n) {
             return Err(format!("index {index} beyond the batch: {body}"));
         }
@@ -775,7 +778,10 @@ async fn tracking_batches_survives_generated_arrays_and_ndjson() {
                     Some(body) if answer.status == StatusCode::ACCEPTED => {
                         has_keys(&body, &["accepted", "rejected"])?;
                         check_rejected(&body, items)?;
-                        let accepted = body["accepted"].as_u64().ok_or("accepted")? as usize;
+                        let accepted = body["accepted"]
+                            .as_u64()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or("accepted")?;
                         let rejected = body["rejected"].as_array().map_or(0, Vec::len);
                         match items {
                             Some(n) if accepted + rejected != n => {

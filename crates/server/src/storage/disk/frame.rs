@@ -179,7 +179,7 @@ impl FrameReader {
         let mut buf = [0u8; 8192];
         let mut left = self.file_len - self.offset - HEADER_LEN as u64;
         while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             self.read(&mut buf[..n])?;
             if buf[..n].iter().any(|&b| b != 0) {
                 return Ok(false);
@@ -274,7 +274,7 @@ mod tests {
         let ends = write(&path, &payloads);
         let full = std::fs::read(&path).unwrap();
         for cut in ends[1]..ends[2] {
-            std::fs::write(&path, &full[..cut as usize]).unwrap();
+            std::fs::write(&path, &full[..usize::try_from(cut).unwrap()]).unwrap();
             let (frames, ending) = read_all(&path).unwrap();
             assert_eq!(frames.len(), 2, "cut at {cut}");
             if cut == ends[1] {
@@ -296,7 +296,7 @@ mod tests {
         let ends = write(&path, &payloads);
         let full = std::fs::read(&path).unwrap();
         // Every byte of the first two frames, header and payload.
-        for at in 8..ends[1] as usize {
+        for at in 8..usize::try_from(ends[1]).unwrap() {
             let mut bad = full.clone();
             bad[at] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();

@@ -162,7 +162,7 @@ impl DiskStore {
             campaigns = memory.engine().campaign_count(),
             live_keys = memory.engine().live_dedup_keys(),
             segments_replayed = loaded.segments,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "durable state loaded"
         );
         Ok(DiskStore {
