@@ -106,7 +106,7 @@ fn main() {
             tracked += b.len() as u64;
         }
     }
-    let tracking = started.elapsed() - building;
+    let tracking = started.elapsed().saturating_sub(building);
     println!(
         "{:.2} M tracks/s ({} live keys, {})",
         tracked as f64 / tracking.as_secs_f64() / 1e6,

@@ -614,6 +614,7 @@ mod tests {
 
     #[test]
     fn counts_dedups_and_rejects() {
+        use TrackOutcome::*;
         let e = engine(DedupScope::Ad);
         let c = campaign(&e, 1, T0);
         let unknown = CampaignId::from_uuid(uuid::Uuid::from_u128(99));
@@ -625,7 +626,6 @@ mod tests {
             imp(unknown, "a", "u1", T0),
             imp(c, "a", "u2", T0 - 1),
         ];
-        use TrackOutcome::*;
         assert_eq!(
             e.track_batch(&batch, now),
             vec![

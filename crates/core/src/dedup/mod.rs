@@ -90,6 +90,10 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// The fingerprint of an impression's dedup key under `scope`.
     pub fn of(campaign: &CampaignId, ad: &AdId, user: &UserId, scope: DedupScope) -> Self {
+        // Typical ids are short: hash from the stack and only fall back to
+        // the heap for long ones.
+        const STACK: usize = 192;
+
         // The encoding is unambiguous: a scope tag, then the ad id with its
         // length (so "ab"+"c" and "a"+"bc" differ), then the user id, which
         // is last and needs no length.
@@ -106,9 +110,6 @@ impl Fingerprint {
         let parts: [&[u8]; 5] = [campaign.as_bytes(), &[scope_tag], &ad_len, ad, user];
         let len: usize = parts.iter().map(|p| p.len()).sum();
 
-        // Typical ids are short: hash from the stack and only fall back to
-        // the heap for long ones.
-        const STACK: usize = 192;
         let hash = if len <= STACK {
             let mut buf = [0u8; STACK];
             let mut at = 0;
@@ -280,7 +281,7 @@ impl DedupIndex {
         let mut shard = self.shards[self.shard_of(fp)].0.lock();
         let before = shard.live;
         shard.expire(now, self.retention_ms);
-        let decision = shard.check(&self.rule, fp, t);
+        let decision = shard.check(self.rule, fp, t);
         // Live counts are far below isize::MAX.
         *tally += shard.live.cast_signed() - before.cast_signed();
         decision
@@ -329,7 +330,7 @@ impl DedupIndex {
     /// Calls `f` with every live key's fingerprint and latest counted time,
     /// one shard at a time (each shard is locked only while it is visited).
     pub fn for_each(&self, mut f: impl FnMut(Fingerprint, Timestamp)) {
-        for shard in self.shards.iter() {
+        for shard in &self.shards {
             let shard = shard.0.lock();
             for e in shard.live_entries() {
                 f(e.fp, e.last_counted());
@@ -391,7 +392,7 @@ impl ShardGuard<'_> {
     pub fn check(&mut self, fp: Fingerprint, t: Timestamp, now: Timestamp) -> Decision {
         let index = self.index;
         self.shard.expire(now, index.retention_ms);
-        self.shard.check(&index.rule, fp, t)
+        self.shard.check(index.rule, fp, t)
     }
 
     /// Decides a run of impressions of this shard, in order, at `now`:
@@ -409,7 +410,7 @@ impl ShardGuard<'_> {
         shard.expire(now, index.retention_ms);
         shard.warm(run.iter().map(|&(fp, _)| fp));
         for (i, &(fp, t)) in run.iter().enumerate() {
-            decided(i, shard.check(&index.rule, fp, t));
+            decided(i, shard.check(index.rule, fp, t));
         }
     }
 }
@@ -425,7 +426,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn check(&mut self, rule: &DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
+    fn check(&mut self, rule: DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
         match self.find(fp) {
             Some(slot) => {
                 let pos = self.table.pos(slot);

@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     fill: u64,
     /// How far back the filled impressions' timestamps go (the server's
-    /// MAX_EVENT_AGE must allow it; 0 = now).
+    /// `MAX_EVENT_AGE` must allow it; 0 = now).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     fill_spread: Duration,
     /// Stats reads per second (open loop).
@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     match args.json.as_deref() {
         Some("-") => println!("{summary}"),
         Some(path) => {
-            std::fs::write(path, summary.to_string()).context("writing the JSON summary")?
+            std::fs::write(path, summary.to_string()).context("writing the JSON summary")?;
         }
         None => {}
     }

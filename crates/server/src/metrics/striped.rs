@@ -91,7 +91,7 @@ impl StripedHistogram {
             .map(|b| (b, 0))
             .collect();
         let (mut count, mut sum_nanos) = (0u64, 0u64);
-        for stripe in self.stripes.iter() {
+        for stripe in &self.stripes {
             for (i, bucket) in buckets.iter_mut().enumerate() {
                 bucket.1 += stripe.buckets[i].load(Ordering::Relaxed);
             }
@@ -297,15 +297,12 @@ impl RequestLatency {
 
     /// The label of route index `i`.
     pub fn route_name(&self, i: usize) -> &'static str {
-        self.labels
-            .routes
-            .get(i)
-            .map(|r| r.path)
-            .unwrap_or(if i == self.labels.routes.len() {
-                "other"
-            } else {
-                "unmatched"
-            })
+        let fallback = if i == self.labels.routes.len() {
+            "other"
+        } else {
+            "unmatched"
+        };
+        self.labels.routes.get(i).map_or(fallback, |r| r.path)
     }
 }
 

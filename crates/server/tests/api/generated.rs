@@ -201,7 +201,7 @@ fn request_object(
 ) -> BoxedStrategy<String> {
     let members: Vec<BoxedStrategy<Vec<(String, String)>>> = fields
         .iter()
-        .map(|&f| {
+        .map(move |&f| {
             let name = serde_json::to_string(f).unwrap();
             let value = field_value(f, campaigns.clone());
             // Optional fields are often left out; required ones seldom.
@@ -474,7 +474,7 @@ impl Answer {
     /// A refusal: exactly `{"error": non-empty string, "code": status}`.
     fn error(&self) -> Result<String, String> {
         let body = self.json()?;
-        let ok = body.as_object().map(|o| o.len()) == Some(2)
+        let ok = body.as_object().map(serde_json::Map::len) == Some(2)
             && body["code"].as_u64() == Some(u64::from(self.status.as_u16()))
             && body["error"].as_str().is_some_and(|e| !e.is_empty());
         if !ok {
@@ -707,8 +707,8 @@ async fn tracking_one_impression_survives_generated_bodies() {
 
 /// A batch body: a JSON array or NDJSON of generated items, or anything.
 /// The media type of a `Content-Type`, as the batch endpoint reads it.
-fn essence(content_type: &Option<String>) -> String {
-    let ct = content_type.as_deref().unwrap_or_default();
+fn essence(content_type: Option<&str>) -> String {
+    let ct = content_type.unwrap_or_default();
     ct.split(';')
         .next()
         .unwrap_or_default()
@@ -735,12 +735,12 @@ fn batch_body(ids: Vec<String>) -> BoxedStrategy<(Body, Option<usize>, Option<St
     let separator = prop::sample::select(&["\n", "\r\n", "\n\n", "\n \t\n"][..]);
     prop_oneof![
         4 => (items.clone(), array_ct).prop_map(|(items, ct)| {
-            let n = (essence(&ct) == "application/json").then_some(items.len());
+            let n = (essence(ct.as_deref()) == "application/json").then_some(items.len());
             (Body::Text(format!("[{}]", items.join(","))), n, ct)
         }),
         4 => (items, separator, ndjson_ct, any::<bool>()).prop_map(|(items, sep, ct, trailing)| {
             let ndjson = ["application/x-ndjson", "application/ndjson", "application/jsonl"]
-                .contains(&essence(&ct).as_str());
+                .contains(&essence(ct.as_deref()).as_str());
             let n = ndjson.then_some(items.len());
             let mut text = items.join(sep);
             if trailing {
