@@ -27,10 +27,10 @@
 //!
 //! * a FIFO ring of 24-byte entries `(fingerprint, L)` in insertion order, in
 //!   fixed chunks of 1024 so it grows and shrinks without copying
-//!   ([`ring`]);
+//!   (`ring`);
 //! * an open-addressing table of 8-byte slots (32 hash bits and a ring
 //!   position), which finds a key's current entry with one cache line of
-//!   slots plus, for a live key, its ring entry ([`table`]).
+//!   slots plus, for a live key, its ring entry (`table`).
 //!
 //! Batches are checked a shard run at a time ([`ShardGuard::check_run`]):
 //! first every impression's slot line and candidate ring entry are loaded,
