@@ -43,11 +43,13 @@ fn main() {
     // Key k is seen at t0 + k * span / live: the keys of the last `span`
     // (TTL plus the allowed lateness) are the live ones.
     let config = engine.config().clone();
-    let span_ms = (config.ttl + config.max_lateness).as_millis() as u64;
+    let span_ms = u64::try_from((config.ttl + config.max_lateness).as_millis()).unwrap();
     let t0 = 1_735_689_600_000u64;
     let time_of = |k: u64| {
         Timestamp::from_millis(
-            t0 + (u128::from(k) * u128::from(span_ms) / u128::from(live.max(1))) as u64,
+            // `span_ms` times k / live, a small multiple of it: fits in u64.
+            t0 + u64::try_from(u128::from(k) * u128::from(span_ms) / u128::from(live.max(1)))
+                .unwrap(),
         )
     };
     let make = |k: u64| Impression {
@@ -104,7 +106,7 @@ fn main() {
             tracked += b.len() as u64;
         }
     }
-    let tracking = started.elapsed() - building;
+    let tracking = started.elapsed().saturating_sub(building);
     println!(
         "{:.2} M tracks/s ({} live keys, {})",
         tracked as f64 / tracking.as_secs_f64() / 1e6,

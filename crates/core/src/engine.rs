@@ -426,6 +426,10 @@ impl Engine {
         let mut pending: Vec<(u32, u32, Fingerprint)> = Vec::with_capacity(batch.len());
         let mut last: Option<(CampaignId, Option<u32>)> = None;
         for (i, imp) in batch.iter().enumerate() {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "a batch is far below 2^32 items (the service caps it with the u32 `BATCH_MAX_ITEMS`): its indices, and those of its distinct campaigns, fit"
+            )]
             let index = match last {
                 Some((id, index)) if id == imp.campaign_id => index,
                 _ => {
@@ -455,6 +459,10 @@ impl Engine {
                 self.config.scope,
             );
             // Batches are far below 2^32 items; the index fits.
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "shards are at most 2^16; a batch is far below 2^32 items (the service caps it with the u32 `BATCH_MAX_ITEMS`)"
+            )]
             pending.push((self.dedup.shard_of(fp) as u32, i as u32, fp));
         }
 
@@ -483,6 +491,10 @@ impl Engine {
 
         // 3. Add the counted ones to their campaigns' windows: one lock per
         //    campaign, batch order within it.
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a batch is far below 2^32 items (the service caps it with the u32 `BATCH_MAX_ITEMS`): its indices, and those of its distinct campaigns, fit"
+        )]
         let counted: Vec<u32> = (0..batch.len() as u32)
             .filter(|&i| outcomes[i as usize] == TrackOutcome::Counted)
             .collect();
@@ -713,6 +725,7 @@ mod tests {
 
     #[test]
     fn counts_dedups_and_rejects() {
+        use TrackOutcome::*;
         let e = engine(DedupScope::Ad);
         let c = campaign(&e, 1, T0);
         let unknown = CampaignId::from_uuid(uuid::Uuid::from_u128(99));
@@ -724,7 +737,6 @@ mod tests {
             imp(unknown, "a", "u1", T0),
             imp(c, "a", "u2", T0 - 1),
         ];
-        use TrackOutcome::*;
         assert_eq!(
             e.track_batch(&batch, now),
             vec![

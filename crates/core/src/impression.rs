@@ -96,7 +96,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A stable snake_case name, used as a metrics label.
+    /// A stable `snake_case` name, used as a metrics label.
     pub const fn as_str(self) -> &'static str {
         match self {
             Rejection::UnknownCampaign => "unknown_campaign",

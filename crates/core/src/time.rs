@@ -60,8 +60,7 @@ impl From<SystemTime> for Timestamp {
     /// Times before the epoch map to the epoch.
     fn from(t: SystemTime) -> Self {
         t.duration_since(UNIX_EPOCH)
-            .map(|d| Timestamp(duration_millis(d)))
-            .unwrap_or(Timestamp::EPOCH)
+            .map_or(Timestamp::EPOCH, |d| Timestamp(duration_millis(d)))
     }
 }
 

@@ -10,6 +10,12 @@
 //! batches, so the ~3.5 million elements added below take a few seconds.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "test: Redis's integer replies here are small non-negative counts and lengths, and a hash is reinterpreted as signed on purpose"
+)]
 
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -233,7 +239,7 @@ impl Rng {
 }
 
 /// `n` distinct user ids of varied length (3 to ~30 bytes, so every
-/// MurmurHash tail length occurs): a unique counter prefix, then random hex.
+/// `MurmurHash` tail length occurs): a unique counter prefix, then random hex.
 fn ids(seed: u64, n: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng(seed);
     (0..n)
@@ -431,7 +437,7 @@ fn unions_match_multi_key_pfcount_and_pfmerge() {
         combos += 1;
         let keys: Vec<String> = members.iter().map(|k| format!("part:{k}")).collect();
         let mut pfcount: Vec<&[u8]> = vec![b"PFCOUNT"];
-        pfcount.extend(keys.iter().map(|k| k.as_bytes()));
+        pfcount.extend(keys.iter().map(String::as_bytes));
         let redis = conn.cmd(&pfcount).int() as u64;
         let parts: Vec<&Hll> = members.iter().map(|&k| &hlls[k]).collect();
         assert_eq!(
@@ -442,7 +448,7 @@ fn unions_match_multi_key_pfcount_and_pfmerge() {
 
         let dest = format!("merged:{mask}");
         let mut pfmerge: Vec<&[u8]> = vec![b"PFMERGE", dest.as_bytes()];
-        pfmerge.extend(keys.iter().map(|k| k.as_bytes()));
+        pfmerge.extend(keys.iter().map(String::as_bytes));
         conn.cmd(&pfmerge).ok();
         let count = conn.cmd(&[b"PFCOUNT".as_slice(), dest.as_bytes()]).int() as u64;
         let get = conn.cmd(&[b"GET".as_slice(), dest.as_bytes()]).bytes();

@@ -82,7 +82,7 @@ fn run(
     let engine = Engine::new(EngineConfig {
         ttl,
         scope,
-        max_lateness: Duration::from_millis(max_late_ms as u64),
+        max_lateness: Duration::from_millis(u64::try_from(max_late_ms).unwrap()),
         dedup_shards: 4,
         history_hours: 25,
         max_ads_per_campaign: MAX_ADS,
@@ -134,9 +134,10 @@ fn run(
                 (Resolution::Hour, 25),
             ] {
                 let first = ts.as_secs() / resolution.secs() + 1 - count;
+                let n = usize::try_from(count).unwrap();
                 prop_assert_eq!(
-                    engine.timeseries(id(c), resolution, first, count as usize),
-                    model.series(id(c), resolution, first, count as usize),
+                    engine.timeseries(id(c), resolution, first, n),
+                    model.series(id(c), resolution, first, n),
                     "{:?} series of campaign {}",
                     resolution,
                     c

@@ -134,8 +134,8 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub verify_timeout: Duration,
 
-    /// The server's DEDUP_SCOPE, which decides what counts as one key when
-    /// computing the expected totals [default: DEDUP_SCOPE from
+    /// The server's `DEDUP_SCOPE`, which decides what counts as one key when
+    /// computing the expected totals [default: `DEDUP_SCOPE` from
     /// --server-env if given, else `ad`, the server's default].
     #[arg(long, value_enum)]
     pub dedup_scope: Option<Scope>,

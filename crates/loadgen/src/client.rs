@@ -126,7 +126,7 @@ impl Target {
                 source,
             })?
             // Prefer IPv4: the server binds 0.0.0.0 or 127.0.0.1 by default.
-            .min_by_key(|a| a.is_ipv6())
+            .min_by_key(std::net::SocketAddr::is_ipv6)
             .ok_or_else(|| bad("the host resolved to no address"))?;
         if !allow_remote && !addr.ip().is_loopback() {
             return Err(TargetError::Remote(addr));

@@ -67,6 +67,10 @@ impl Ledger {
 
     fn with_bitset_limit(layout: KeyLayout, max_bits: u64) -> Self {
         let acked = if layout.size() <= max_bits {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "size <= `max_bits` (at most `BITSET_MAX_KEYS`, 2^30): at most 2^24 words"
+            )]
             let words = layout.size().div_ceil(64) as usize;
             AckedSet::Bits((0..words).map(|_| AtomicU64::new(0)).collect())
         } else {
@@ -109,6 +113,10 @@ impl Ledger {
     }
 
     /// Expected totals, one per campaign in index order.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "campaign numbers are below the campaign count, a u32 (`KeyLayout::new`)"
+    )]
     pub fn expected(&self) -> Vec<Expected> {
         let campaigns = self.layout.campaigns() as usize;
         let per = self.layout.per_campaign();

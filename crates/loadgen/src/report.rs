@@ -107,7 +107,7 @@ impl RunConfig {
             seed: a.seed,
             threads: a.threads,
             dedup_scope: s.scope,
-            spawned: s.spawn.map(|k| k.binary_name()),
+            spawned: s.spawn.map(super::args::SpawnKind::binary_name),
         }
     }
 }

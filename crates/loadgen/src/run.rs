@@ -119,6 +119,11 @@ impl Schedule {
 
     /// When request `r` is due. Computed from `r` rather than accumulated,
     /// so rounding never drifts.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "nanoseconds since the start: `r` and the interval are not negative, and a float-to-int `as` saturates"
+    )]
     pub fn at(&self, r: u64) -> Instant {
         self.start + Duration::from_nanos((r as f64 * self.interval_ns) as u64)
     }

@@ -173,9 +173,9 @@ pub fn compare(ids: &[String], expected: &[Expected], settled: &Settled) -> Veri
         .zip(&settled.totals)
         .map(|((id, e), &actual)| {
             let difference = if actual < e.lo {
-                -((e.lo - actual) as i64)
+                -i64::try_from(e.lo - actual).unwrap_or(i64::MAX)
             } else if actual > e.hi {
-                (actual - e.hi) as i64
+                i64::try_from(actual - e.hi).unwrap_or(i64::MAX)
             } else {
                 0
             };

@@ -178,12 +178,23 @@ impl Workload {
     }
 
     fn fresh(&self, rng: &mut SplitMix64) -> Key {
-        let campaign = rng.below(u64::from(self.spec.campaigns)) as u32;
-        let ad = rng.below(u64::from(self.spec.ads)) as u32;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "`below(n)` is below n, here a u32"
+        )]
+        let (campaign, ad) = (
+            rng.below(u64::from(self.spec.campaigns)) as u32,
+            rng.below(u64::from(self.spec.ads)) as u32,
+        );
         let user = match &self.users {
             UserSampler::Uniform(n) => rng.below(*n),
             UserSampler::Zipf { users, zipf } => {
                 // Zipf yields ranks 1..=n as floats; rank 1 is user 0.
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a rank is a whole float in 1..=users, clamped below anyway"
+                )]
                 let rank = zipf.sample(rng) as u64;
                 rank.clamp(1, *users) - 1
             }
@@ -322,7 +333,7 @@ mod tests {
         let w = Workload::new(spec(Distribution::Uniform, 0.0)).unwrap();
         let mut hits = vec![0u32; 1000];
         for k in keys(&w, 100_000) {
-            hits[k.user as usize] += 1;
+            hits[usize::try_from(k.user).unwrap()] += 1;
         }
         // Expected 100 each; a bucket outside 50..150 would be a broken sampler.
         assert!(hits.iter().all(|&h| (50..150).contains(&h)), "{hits:?}");
@@ -338,7 +349,7 @@ mod tests {
         let w = Workload::new(spec(Distribution::Zipf, 0.0)).unwrap();
         let mut hits = vec![0u32; 1000];
         for k in keys(&w, 100_000) {
-            hits[k.user as usize] += 1;
+            hits[usize::try_from(k.user).unwrap()] += 1;
         }
         // With s = 1 and n = 1000, P(rank 1) = 1 / H(1000) ≈ 0.134 and
         // P(rank 2) ≈ 0.067.

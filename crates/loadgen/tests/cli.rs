@@ -5,7 +5,7 @@
 //! Every run is a few hundred requests and bounded by a timeout.
 
 // The fake server's handlers are test code too: a surprise should panic.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

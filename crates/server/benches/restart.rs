@@ -82,7 +82,7 @@ fn main() {
         "wrote {n} keys in {:.1} s ({:.0} impressions/s through apply, FSYNC=no); {:.0} MiB on disk",
         write_time.as_secs_f64(),
         n as f64 / write_time.as_secs_f64(),
-        dir_bytes(dir.path()) as f64 / 1048576.0
+        dir_bytes(dir.path()) as f64 / 1_048_576.0
     );
 
     let time_open = |label: &str| -> Duration {
@@ -95,7 +95,7 @@ fn main() {
             "{label}: opened in {:.2} s with {} live keys ({:.0} MiB on disk)",
             took.as_secs_f64(),
             store.memory().engine().live_dedup_keys(),
-            dir_bytes(dir.path()) as f64 / 1048576.0
+            dir_bytes(dir.path()) as f64 / 1_048_576.0
         );
         runtime.block_on(store.close()).unwrap();
         took
@@ -127,7 +127,7 @@ fn main() {
         "restart (one snapshot): opened in {:.2} s with {} live keys ({:.0} MiB on disk)",
         started.elapsed().as_secs_f64(),
         store.memory().engine().live_dedup_keys(),
-        dir_bytes(dir.path()) as f64 / 1048576.0
+        dir_bytes(dir.path()) as f64 / 1_048_576.0
     );
     runtime.block_on(store.close()).unwrap();
 }

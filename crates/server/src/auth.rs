@@ -171,7 +171,7 @@ pub fn reload_on_sighup(keys: Arc<ApiKeys>) {
             match keys.reload() {
                 Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %crate::telemetry::chain(&e), "API keys not reloaded; the previous keys stay in force")
+                    tracing::error!(error = %crate::telemetry::chain(&e), "API keys not reloaded; the previous keys stay in force");
                 }
             }
         }

@@ -160,7 +160,7 @@ fn set_nice(nice: i32) -> Result<(), String> {
 }
 
 /// Runs `work` on a thread of `kind`'s pool if it is `large` and the
-/// calling thread can hand its tasks over (see [`can_hand_off`]); in place
+/// calling thread can hand its tasks over (see `can_hand_off`); in place
 /// otherwise. A panic in `work` resumes in the caller.
 pub fn run<R: Send>(kind: Bulk, large: bool, work: impl FnOnce() -> R + Send) -> R {
     if !(large && can_hand_off()) {

@@ -73,7 +73,7 @@ pub struct Config {
     pub impression_workers: Option<u32>,
 
     /// Scheduling priority of the threads that parse large batch bodies:
-    /// `idle` (Linux's SCHED_IDLE: stats reads never wait for them, but on a
+    /// `idle` (Linux's `SCHED_IDLE`: stats reads never wait for them, but on a
     /// host kept busy by other processes batch ingest gets only what those
     /// leave) or a nice value from 0 (normal) to 19.
     #[arg(
@@ -144,7 +144,7 @@ pub struct Config {
     pub pixel_cookie: String,
 
     /// Where state lives: `memory` (lost on exit), `disk` (durable log and
-    /// snapshots in DATA_DIR) or `redis` (shared by many nodes).
+    /// snapshots in `DATA_DIR`) or `redis` (shared by many nodes).
     #[arg(long, env = "STORAGE", value_enum, default_value_t = StorageKind::Disk)]
     pub storage: StorageKind,
 
@@ -179,7 +179,7 @@ pub struct Config {
 
     /// Redis Cluster seed nodes for `STORAGE=redis`, comma-separated
     /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`); takes precedence over
-    /// REDIS_URL.
+    /// `REDIS_URL`.
     #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
     pub redis_cluster_nodes: Vec<String>,
 
@@ -189,7 +189,7 @@ pub struct Config {
 
     /// API keys for the management endpoints (campaigns, stats, timeseries,
     /// metrics), comma-separated; clients send `Authorization: Bearer <key>`.
-    /// Unset (and no API_KEYS_FILE): those endpoints are open.
+    /// Unset (and no `API_KEYS_FILE`): those endpoints are open.
     #[arg(long, env = "API_KEYS", hide_env_values = true)]
     pub api_keys: Option<Secret>,
 
@@ -208,7 +208,7 @@ pub struct Config {
     )]
     pub cors_allowed_origins: Vec<String>,
 
-    /// Largest request body, in bytes (batches: BATCH_MAX_BYTES).
+    /// Largest request body, in bytes (batches: `BATCH_MAX_BYTES`).
     #[arg(
         long,
         env = "MAX_BODY_BYTES",
@@ -329,7 +329,7 @@ impl std::str::FromStr for Secret {
 pub enum StorageKind {
     /// The embedded engine only; everything is lost on exit.
     Memory,
-    /// The embedded engine, made durable by a log and snapshots in DATA_DIR.
+    /// The embedded engine, made durable by a log and snapshots in `DATA_DIR`.
     Disk,
     /// Redis or Redis Cluster, shared by many stateless nodes.
     Redis,
@@ -417,7 +417,7 @@ impl Config {
         IngestSettings {
             queue_size: self.impressions_queue_size as usize,
             workers: self.impression_workers.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
                 |n| n as usize,
             ),
             enqueue_timeout: self.enqueue_timeout,
@@ -646,7 +646,7 @@ mod tests {
 
     /// Found by the `config_flags` fuzz target: a duration near `u64::MAX`
     /// seconds was accepted, then overflowed `Instant + Duration` (hyper
-    /// panicked on every connection for HEADER_READ_TIMEOUT). Every
+    /// panicked on every connection for `HEADER_READ_TIMEOUT`). Every
     /// duration setting is now bounded.
     #[test]
     fn durations_that_would_overflow_a_deadline_are_refused() {

@@ -61,7 +61,7 @@ pub enum ApiError {
     #[error("campaign {0} not found")]
     CampaignNotFound(CampaignId),
     /// The campaign exists but an impression before its start cannot count.
-    #[error("campaign {id} has not started yet{}", starts_at(.starts))]
+    #[error("campaign {id} has not started yet{}", starts_at(.starts.as_deref()))]
     CampaignNotStarted {
         /// The campaign.
         id: CampaignId,
@@ -85,9 +85,8 @@ pub enum ApiError {
     Internal(String),
 }
 
-fn starts_at(starts: &Option<String>) -> String {
+fn starts_at(starts: Option<&str>) -> String {
     starts
-        .as_deref()
         .map(|s| format!(": it starts at {s}"))
         .unwrap_or_default()
 }
@@ -102,9 +101,8 @@ impl ApiError {
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
             ApiError::CampaignNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::QueueFull | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -27,10 +27,10 @@
 //!
 //! * a FIFO ring of 24-byte entries `(fingerprint, L)` in insertion order, in
 //!   fixed chunks of 1024 so it grows and shrinks without copying
-//!   ([`ring`]);
+//!   (`ring`);
 //! * an open-addressing table of 8-byte slots (32 hash bits and a ring
 //!   position), which finds a key's current entry with one cache line of
-//!   slots plus, for a live key, its ring entry ([`table`]).
+//!   slots plus, for a live key, its ring entry (`table`).
 //!
 //! Batches are checked a shard run at a time ([`ShardGuard::check_run`]):
 //! first every impression's slot line and candidate ring entry are loaded,
@@ -90,6 +90,10 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// The fingerprint of an impression's dedup key under `scope`.
     pub fn of(campaign: &CampaignId, ad: &AdId, user: &UserId, scope: DedupScope) -> Self {
+        // Typical ids are short: hash from the stack and only fall back to
+        // the heap for long ones.
+        const STACK: usize = 192;
+
         // The encoding is unambiguous: a scope tag, then the ad id with its
         // length (so "ab"+"c" and "a"+"bc" differ), then the user id, which
         // is last and needs no length.
@@ -106,9 +110,6 @@ impl Fingerprint {
         let parts: [&[u8]; 5] = [campaign.as_bytes(), &[scope_tag], &ad_len, ad, user];
         let len: usize = parts.iter().map(|p| p.len()).sum();
 
-        // Typical ids are short: hash from the stack and only fall back to
-        // the heap for long ones.
-        const STACK: usize = 192;
         let hash = if len <= STACK {
             let mut buf = [0u8; STACK];
             let mut at = 0;
@@ -124,6 +125,10 @@ impl Fingerprint {
     }
 
     /// A fingerprint from its 128-bit value.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "splits the value into its low and high 64 bits on purpose"
+    )]
     pub const fn from_u128(v: u128) -> Self {
         Fingerprint {
             lo: v as u64,
@@ -227,9 +232,13 @@ impl DedupIndex {
             shard_shift: 64 - shards.trailing_zeros(),
             shards: (0..shards)
                 .map(|i| {
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        reason = "`i % 8` < 8: the cast cannot truncate"
+                    )]
+                    let stagger = (i % 8) as u8;
                     CacheAligned(Mutex::new(Shard {
-                        // `i % 8` < 8: the cast cannot truncate.
-                        table: SlotTable::staggered((i % 8) as u8),
+                        table: SlotTable::staggered(stagger),
                         ..Shard::default()
                     }))
                 })
@@ -250,6 +259,10 @@ impl DedupIndex {
     }
 
     /// The shard a fingerprint lives in.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "`shard_shift` >= 48 (at most 2^16 shards): the result is below 2^16"
+    )]
     pub fn shard_of(&self, fp: Fingerprint) -> usize {
         fp.hi.checked_shr(self.shard_shift).unwrap_or(0) as usize
     }
@@ -282,7 +295,7 @@ impl DedupIndex {
         let mut shard = self.shards[self.shard_of(fp)].0.lock();
         let (live, heap) = (shard.live, shard.heap_bytes());
         shard.expire(now, self.retention_ms);
-        let decision = shard.check(&self.rule, fp, t);
+        let decision = shard.check(self.rule, fp, t);
         tally.live += crate::window::growth(live, shard.live);
         tally.heap += crate::window::growth(heap, shard.heap_bytes());
         decision
@@ -346,7 +359,7 @@ impl DedupIndex {
     /// Calls `f` with every live key's fingerprint and latest counted time,
     /// one shard at a time (each shard is locked only while it is visited).
     pub fn for_each(&self, mut f: impl FnMut(Fingerprint, Timestamp)) {
-        for shard in self.shards.iter() {
+        for shard in &self.shards {
             let shard = shard.0.lock();
             for e in shard.live_entries() {
                 f(e.fp, e.last_counted());
@@ -411,7 +424,7 @@ impl ShardGuard<'_> {
     pub fn check(&mut self, fp: Fingerprint, t: Timestamp, now: Timestamp) -> Decision {
         let index = self.index;
         self.shard.expire(now, index.retention_ms);
-        self.shard.check(&index.rule, fp, t)
+        self.shard.check(index.rule, fp, t)
     }
 
     /// Decides a run of impressions of this shard, in order, at `now`:
@@ -429,7 +442,7 @@ impl ShardGuard<'_> {
         shard.expire(now, index.retention_ms);
         shard.warm(run.iter().map(|&(fp, _)| fp));
         for (i, &(fp, t)) in run.iter().enumerate() {
-            decided(i, shard.check(&index.rule, fp, t));
+            decided(i, shard.check(index.rule, fp, t));
         }
     }
 }
@@ -449,7 +462,7 @@ impl Shard {
         self.table.heap_bytes() + self.ring.heap_bytes()
     }
 
-    fn check(&mut self, rule: &DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
+    fn check(&mut self, rule: DedupRule, fp: Fingerprint, t: Timestamp) -> Decision {
         match self.find(fp) {
             Some(slot) => {
                 let pos = self.table.pos(slot);

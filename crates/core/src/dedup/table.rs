@@ -57,6 +57,10 @@ fn hash_of(slot: u64) -> u32 {
 }
 
 #[inline]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the position is the slot's low 32 bits: truncation is the point"
+)]
 fn pos_of(slot: u64) -> u32 {
     slot as u32
 }
@@ -296,17 +300,17 @@ mod tests {
         let mut model = Model {
             live: HashMap::new(),
         };
-        for (pos, &hash) in crowd.iter().enumerate() {
-            t.insert(hash, pos as u32, |p| model.live.contains_key(&p));
-            model.live.insert(pos as u32, pos as u64);
+        for (pos, &hash) in (0u32..).zip(&crowd) {
+            t.insert(hash, pos, |p| model.live.contains_key(&p));
+            model.live.insert(pos, u64::from(pos));
         }
         // Every other key dies: lookups must step over the dead ones.
         for pos in (0..12u32).step_by(2) {
             model.live.remove(&pos);
         }
         let is_live = |p: u32| model.live.contains_key(&p);
-        for (pos, &hash) in crowd.iter().enumerate() {
-            let found = t.find(hash, is_live, |p| p == pos as u32).is_some();
+        for (pos, &hash) in (0u32..).zip(&crowd) {
+            let found = t.find(hash, is_live, |p| p == pos).is_some();
             assert_eq!(found, pos % 2 == 1, "key {pos}");
         }
         // A new key reuses a dead slot instead of growing the run.
@@ -320,14 +324,14 @@ mod tests {
         t.rehash_if_needed(0, |_, _| true); // not needed: nothing happens
         assert_eq!(t.used, used);
         let mut sparse = SlotTable::default();
-        for k in 0..10_000u64 {
-            sparse.insert(h(k), k as u32, |_| true);
+        for k in 0..10_000u32 {
+            sparse.insert(h(k.into()), k, |_| true);
         }
         sparse.rehash_if_needed(10, |_, p| p < 10);
         assert_eq!(sparse.used, 10);
         assert!(sparse.capacity() <= 32);
-        for k in 0..10u64 {
-            assert!(sparse.find(h(k), |_| true, |p| p == k as u32).is_some());
+        for k in 0..10u32 {
+            assert!(sparse.find(h(k.into()), |_| true, |p| p == k).is_some());
         }
     }
 
@@ -336,8 +340,8 @@ mod tests {
         let mut t = SlotTable::default();
         // Enough keys for long clusters (load 3/4 of 4096 slots), then every
         // third dies.
-        for k in 0..3_000u64 {
-            t.insert(h(k), k as u32, |_| true);
+        for k in 0..3_000u32 {
+            t.insert(h(k.into()), k, |_| true);
         }
         let (cap, at) = (t.capacity(), t.slots.as_ptr());
         let alive = |p: u32| !p.is_multiple_of(3);
@@ -345,18 +349,18 @@ mod tests {
         assert_eq!(t.capacity(), cap);
         assert_eq!(t.slots.as_ptr(), at, "no new table");
         assert_eq!(t.used, (0..3_000u32).filter(|&p| alive(p)).count());
-        for k in 0..3_000u64 {
-            let found = t.find(h(k), |_| true, |p| p == k as u32).is_some();
-            assert_eq!(found, alive(k as u32), "key {k}");
+        for k in 0..3_000u32 {
+            let found = t.find(h(k.into()), |_| true, |p| p == k).is_some();
+            assert_eq!(found, alive(k), "key {k}");
         }
         // Probe runs start at their homes: inserts after compaction still
         // find their place, and every key is found.
-        for k in 3_000..3_500u64 {
-            t.insert(h(k), k as u32, |_| true);
+        for k in 3_000..3_500u32 {
+            t.insert(h(k.into()), k, |_| true);
         }
-        for k in 3_000..3_500u64 {
+        for k in 3_000..3_500u32 {
             assert!(
-                t.find(h(k), |_| true, |p| p == k as u32).is_some(),
+                t.find(h(k.into()), |_| true, |p| p == k).is_some(),
                 "key {k}"
             );
         }

@@ -101,6 +101,10 @@ const ALPHA_INF: f64 = 0.721_347_520_444_481_7;
 /// The register an element hash goes to and the value it offers, as
 /// Redis's `hllPatLen`: `(hash & 0x3fff, 1 + trailing zeros of the next 50
 /// bits)`, the value capped at 51 by the forced bit 50.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the index is masked to 14 bits and the rank is at most 51"
+)]
 pub fn pattern(hash: u64) -> (usize, u8) {
     let index = (hash & (REGISTERS as u64 - 1)) as usize;
     let rank = ((hash >> P) | 1 << Q).trailing_zeros() as u8 + 1;
@@ -416,6 +420,10 @@ fn merge_sorted(
 /// `false` (with `out` partly written) if Redis would not keep them sparse:
 /// a value over 32 or a string over [`REDIS_SPARSE_MAX_BYTES`].
 fn write_sparse(registers: impl Iterator<Item = (usize, u8)>, out: &mut Vec<u8>) -> bool {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a run is at most 16,384 registers: `l` fits 14 bits, split over the opcode's two bytes"
+    )]
     fn zeros(out: &mut Vec<u8>, len: usize) {
         let l = len - 1;
         if len <= ZERO_MAX_LEN {
@@ -550,6 +558,11 @@ impl RawRegisters {
 /// Redis's `hllCount` from a register histogram (Ertl's estimator), with
 /// the same operations in the same order.
 fn estimate(hist: &[u32; 64]) -> u64 {
+    // Only crafted registers (every one at 50 or more, say) reach 2^63 and
+    // beyond, up to infinity when z is 0. There `llroundl` overflows, which
+    // on x86-64 gives i64::MIN; Redis returns it as 2^63 (`PFCOUNT` replies
+    // -9223372036854775808). Saturating to that keeps the same answer.
+    const OVERFLOW: f64 = 9_223_372_036_854_775_808.0; // 2^63
     let m = REGISTERS as f64;
     let mut z = m * tau((m - f64::from(hist[Q as usize + 1])) / m);
     for &h in hist[1..=Q as usize].iter().rev() {
@@ -560,12 +573,18 @@ fn estimate(hist: &[u32; 64]) -> u64 {
     // `llroundl`: round half away from zero, as `f64::round`. All registers
     // zero makes z infinite and the estimate 0.
     let e = (ALPHA_INF * m * m / z).round();
-    // Only crafted registers (every one at 50 or more, say) reach 2^63 and
-    // beyond, up to infinity when z is 0. There `llroundl` overflows, which
-    // on x86-64 gives i64::MIN; Redis returns it as 2^63 (`PFCOUNT` replies
-    // -9223372036854775808). Saturating to that keeps the same answer.
-    const OVERFLOW: f64 = 9_223_372_036_854_775_808.0; // 2^63
-    if e >= OVERFLOW { 1 << 63 } else { e as u64 }
+    if e >= OVERFLOW {
+        1 << 63
+    } else {
+        // `e` is a finite, non-negative whole number below 2^63 here.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "checked above: 0 <= e < 2^63, a whole number"
+        )]
+        let e = e as u64;
+        e
+    }
 }
 
 /// Redis's `hllSigma`.
@@ -607,6 +626,11 @@ fn tau(mut x: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::items_after_statements,
+    reason = "test code: register values built below 64 by construction; helpers next to their use"
+)]
 mod tests {
     use proptest::prelude::*;
 
@@ -689,8 +713,8 @@ mod tests {
         (10000, 9957, 0),
         (20000, 19980, 0),
         (50000, 49929, 0),
-        (100000, 100165, 0),
-        (200000, 200598, 0),
+        (100_000, 100_165, 0),
+        (200_000, 200_598, 0),
     ];
 
     #[test]

@@ -56,20 +56,20 @@ mod tests {
     /// bits, holding 1 + the trailing zeros of the next 50. The keys cover
     /// every tail length 0..=7, one and two 8-byte blocks, and high bytes.
     const VECTORS: [(&[u8], u64, (usize, u8)); 14] = [
-        (b"", 0xd8dfea6585bc9732, (5938, 2)),
-        (b"a", 0x53d2470a9b43b1a7, (12711, 2)),
-        (b"ab", 0x0eaed676437142cf, (719, 1)),
-        (b"abc", 0x77ec90aeb374e502, (9474, 1)),
-        (b"abcd", 0xb079ee3d44202b3e, (11070, 8)),
-        (b"abcde", 0x52a7daa2324a0e8e, (3726, 4)),
-        (b"abcdef", 0x3a4f3a74f538b54f, (13647, 2)),
-        (b"abcdefg", 0x22fe613bb08c9602, (5634, 2)),
-        (b"abcdefgh", 0xf3a65df559914567, (1383, 1)),
-        (b"abcdefghi", 0x834fba4d9152daf7, (6903, 1)),
-        (b"user-42", 0xbd998815b235ec8d, (11405, 1)),
-        (b"0123456789abcdef", 0x9f8565428eaa573d, (5949, 1)),
-        (b"0123456789abcdefXYZ", 0x0301094724c4601e, (8222, 1)),
-        (b"\x00\xff\x80\x7f\x01", 0x3427d822a9c70ea1, (3745, 3)),
+        (b"", 0xd8df_ea65_85bc_9732, (5938, 2)),
+        (b"a", 0x53d2_470a_9b43_b1a7, (12711, 2)),
+        (b"ab", 0x0eae_d676_4371_42cf, (719, 1)),
+        (b"abc", 0x77ec_90ae_b374_e502, (9474, 1)),
+        (b"abcd", 0xb079_ee3d_4420_2b3e, (11070, 8)),
+        (b"abcde", 0x52a7_daa2_324a_0e8e, (3726, 4)),
+        (b"abcdef", 0x3a4f_3a74_f538_b54f, (13647, 2)),
+        (b"abcdefg", 0x22fe_613b_b08c_9602, (5634, 2)),
+        (b"abcdefgh", 0xf3a6_5df5_5991_4567, (1383, 1)),
+        (b"abcdefghi", 0x834f_ba4d_9152_daf7, (6903, 1)),
+        (b"user-42", 0xbd99_8815_b235_ec8d, (11405, 1)),
+        (b"0123456789abcdef", 0x9f85_6542_8eaa_573d, (5949, 1)),
+        (b"0123456789abcdefXYZ", 0x0301_0947_24c4_601e, (8222, 1)),
+        (b"\x00\xff\x80\x7f\x01", 0x3427_d822_a9c7_0ea1, (3745, 3)),
     ];
 
     #[test]

@@ -48,7 +48,7 @@ impl Nibble {
         let mut high = Vec::with_capacity(high_count);
         for (index, &v) in raw.iter().enumerate() {
             if v >= ESCAPE {
-                high.push((index as u32) << VALUE_BITS | u32::from(v));
+                high.push(high_entry(index, v));
             }
         }
         let mut nibbles = Box::new([0; NIBBLE_BYTES]);
@@ -72,7 +72,7 @@ impl Nibble {
     fn find_high(&self, index: usize) -> Result<usize, usize> {
         let at = self
             .high
-            .partition_point(|&e| (e >> VALUE_BITS) < index as u32);
+            .partition_point(|&e| (e >> VALUE_BITS) < register(index));
         match self.high.get(at) {
             Some(&e) if (e >> VALUE_BITS) as usize == index => Ok(at),
             _ => Err(at),
@@ -113,14 +113,13 @@ impl Nibble {
                 self.high
                     .reserve_exact((self.high.len() / 4).clamp(4, 64).min(room));
             }
-            self.high
-                .insert(at, (index as u32) << VALUE_BITS | u32::from(value));
+            self.high.insert(at, high_entry(index, value));
             self.set_nibble(index, ESCAPE);
             return SetOutcome::Changed;
         }
         match self.find_high(index) {
             Ok(at) if (self.high[at] & VALUE_MASK) < u32::from(value) => {
-                self.high[at] = (index as u32) << VALUE_BITS | u32::from(value);
+                self.high[at] = high_entry(index, value);
                 SetOutcome::Changed
             }
             _ => SetOutcome::Unchanged,
@@ -175,4 +174,18 @@ impl Nibble {
             (v != 0).then_some((i, v))
         })
     }
+}
+
+/// A register index as the 32-bit key of a high entry.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "register indices are below 16,384"
+)]
+fn register(index: usize) -> u32 {
+    index as u32
+}
+
+/// A high entry: the register index above its value's bits.
+fn high_entry(index: usize, value: u8) -> u32 {
+    register(index) << VALUE_BITS | u32::from(value)
 }

@@ -78,7 +78,7 @@ impl Sparse {
     /// it would go.
     fn find(&self, index: usize) -> Result<usize, usize> {
         let range = self.block_range(index >> BLOCK_BITS);
-        let offset = (index & OFFSET_MASK) as u16;
+        let offset = offset_of(index);
         let entries = &self.data[range.clone()];
         let pos = entries.partition_point(|&e| e >> VALUE_BITS < offset);
         match entries.get(pos) {
@@ -107,7 +107,7 @@ impl Sparse {
             self.data.reserve_exact(BLOCKS + 8);
             self.data.resize(BLOCKS, 0);
         }
-        let entry = ((index & OFFSET_MASK) as u16) << VALUE_BITS | u16::from(value);
+        let entry = offset_of(index) << VALUE_BITS | u16::from(value);
         match self.find(index) {
             Ok(at) => {
                 if self.data[at] & VALUE_MASK >= u16::from(value) {
@@ -146,7 +146,7 @@ impl Sparse {
         let mut data = Vec::with_capacity(BLOCKS + len);
         data.resize(BLOCKS, 0u16);
         for (index, value) in entries {
-            data.push(((index & OFFSET_MASK) as u16) << VALUE_BITS | u16::from(value));
+            data.push(offset_of(index) << VALUE_BITS | u16::from(value));
             data[index >> BLOCK_BITS] += 1;
         }
         for b in 1..BLOCKS {
@@ -170,7 +170,8 @@ impl Sparse {
 
     /// Adds the register histogram (how many registers hold each value).
     pub(super) fn histogram(&self, hist: &mut [u32; 64]) {
-        hist[0] += (REGISTERS - self.len()) as u32;
+        // At most 16,384 registers: the count fits.
+        hist[0] += u32::try_from(REGISTERS - self.len()).unwrap_or(u32::MAX);
         // Four sub-histograms, as in `Dense::histogram`: most entries hold
         // 1 or 2, and back-to-back increments of one counter serialise.
         let mut lanes = [[0u32; 64]; 4];
@@ -209,4 +210,13 @@ impl Sparse {
             start = end;
         }
     }
+}
+
+/// A register's offset within its block, as stored in an entry.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "masked to the offset's bits, fewer than 16"
+)]
+fn offset_of(index: usize) -> u16 {
+    (index & OFFSET_MASK) as u16
 }

@@ -357,11 +357,11 @@ mod tests {
         }
         assert!(c.minutes.len() <= 1441, "{}", c.minutes.len());
         assert!(c.hours.len() as u64 <= MIN_HISTORY_HOURS);
-        assert_eq!(accounted, c.heap_bytes() as isize);
+        assert_eq!(accounted, c.heap_bytes().cast_signed());
         // A day later everything but the total and history is gone.
         let later = at(T0 + (minutes + 1441) * 60);
         accounted += c.prune(later);
-        assert_eq!(accounted, c.heap_bytes() as isize);
+        assert_eq!(accounted, c.heap_bytes().cast_signed());
         assert!(c.minutes.is_empty());
         assert_eq!(c.stats(later).total, minutes);
     }

@@ -54,8 +54,8 @@ impl Resolution {
     }
 }
 
-/// `after - before` as a signed change, for byte accounting.
+/// `after - before` as a signed change, for byte accounting (sizes are far
+/// below `isize::MAX`).
 pub(crate) fn growth(before: usize, after: usize) -> isize {
-    // Heap sizes are far below isize::MAX; the casts cannot wrap.
-    after as isize - before as isize
+    after.cast_signed() - before.cast_signed()
 }

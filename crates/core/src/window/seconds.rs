@@ -157,6 +157,10 @@ impl WindowCounter {
     /// Buckets with nothing counted are zero. Exact for second buckets within
     /// a day of the latest `now` recorded with, minute buckets likewise, and
     /// hour buckets within the retained history.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "each index is a bucket in `first..end`, minus `first`: below `count`, a usize"
+    )]
     pub fn series(&self, resolution: Resolution, first: u64, count: usize) -> Vec<u64> {
         let mut out = vec![0u64; count];
         let end = first.saturating_add(count as u64);

@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     fill: u64,
     /// How far back the filled impressions' timestamps go (the server's
-    /// MAX_EVENT_AGE must allow it; 0 = now).
+    /// `MAX_EVENT_AGE` must allow it; 0 = now).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     fill_spread: Duration,
     /// Stats reads per second (open loop).
@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     match args.json.as_deref() {
         Some("-") => println!("{summary}"),
         Some(path) => {
-            std::fs::write(path, summary.to_string()).context("writing the JSON summary")?
+            std::fs::write(path, summary.to_string()).context("writing the JSON summary")?;
         }
         None => {}
     }
@@ -161,11 +161,16 @@ async fn main() -> anyhow::Result<()> {
 async fn fill(target: &Target, campaign: &str, n: u64, spread: Duration) -> anyhow::Result<()> {
     let mut conn = Conn::connect(target.addr, Duration::from_secs(5)).await?;
     let uri: Uri = "/api/v1/impressions/batch?wait=true".parse()?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX);
     // A minute of margin so the oldest stay inside MAX_EVENT_AGE on arrival.
-    let spread_ms = (spread.as_millis() as u64).saturating_sub(60_000);
+    let spread_ms = u64::try_from(spread.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_sub(60_000);
     let mut body = String::with_capacity(10_000 * 120);
     let mut sent = 0u64;
     while sent < n {
@@ -211,6 +216,10 @@ async fn fill(target: &Target, campaign: &str, n: u64, spread: Duration) -> anyh
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds (civil-from-days).
 fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
+    #[allow(
+        clippy::cast_possible_wrap,
+        reason = "u64::MAX / 86_400 is below i64::MAX"
+    )]
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -72,6 +72,11 @@ impl StripedHistogram {
         let bucket = self.bounds.partition_point(|&b| b < value);
         stripe.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         stripe.count.fetch_add(1, Ordering::Relaxed);
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to 0..=u64::MAX first; a float-to-int `as` saturates and maps NaN to 0"
+        )]
         let nanos = (value * 1e9).clamp(0.0, u64::MAX as f64) as u64;
         stripe.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
@@ -86,7 +91,7 @@ impl StripedHistogram {
             .map(|b| (b, 0))
             .collect();
         let (mut count, mut sum_nanos) = (0u64, 0u64);
-        for stripe in self.stripes.iter() {
+        for stripe in &self.stripes {
             for (i, bucket) in buckets.iter_mut().enumerate() {
                 bucket.1 += stripe.buckets[i].load(Ordering::Relaxed);
             }
@@ -292,15 +297,12 @@ impl RequestLatency {
 
     /// The label of route index `i`.
     pub fn route_name(&self, i: usize) -> &'static str {
-        self.labels
-            .routes
-            .get(i)
-            .map(|r| r.path)
-            .unwrap_or(if i == self.labels.routes.len() {
-                "other"
-            } else {
-                "unmatched"
-            })
+        let fallback = if i == self.labels.routes.len() {
+            "other"
+        } else {
+            "unmatched"
+        };
+        self.labels.routes.get(i).map_or(fallback, |r| r.path)
     }
 }
 

@@ -162,7 +162,7 @@ pub async fn track_batch(
     } else {
         enqueue(&app, valid, params.wait).await.inspect_err(|e| {
             app.metrics
-                .impression_rejected_many(reject_reason(e), accepted)
+                .impression_rejected_many(reject_reason(e), accepted);
         })?
     };
     match outcomes {
@@ -320,7 +320,7 @@ fn split_raw(body: &[u8], format: Format) -> Result<Vec<&[u8]>, ApiError> {
         }
         Format::Ndjson => Ok(body
             .split(|&b| b == b'\n')
-            .map(|line| line.trim_ascii())
+            .map(<[u8]>::trim_ascii)
             .filter(|line| !line.is_empty())
             .collect()),
     }

@@ -209,6 +209,10 @@ pub async fn list_campaigns(
 ) -> Result<Json<CampaignPage>, ApiError> {
     let limit = match params.limit {
         None => DEFAULT_PAGE,
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the pattern bounds `n` to 1..=1000"
+        )]
         Some(n @ 1..=1000) => n as usize,
         Some(n) => {
             return Err(ApiError::BadRequest(format!(

@@ -186,7 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::HEALTHZ, get(health::healthz))
         .route(paths::READYZ, get(health::readyz))
         .merge(metrics_route)
-        .with_state(state.clone());
+        .with_state(state);
 
     Router::new().merge(api).merge(operations)
 }

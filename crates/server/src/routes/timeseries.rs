@@ -120,6 +120,10 @@ pub async fn campaign_timeseries(
     let count = window.as_secs().div_ceil(width).max(1);
     let now_bucket = app.clock.now().as_secs() / width;
     let first = now_bucket + 1 - count.min(now_bucket + 1);
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the window is checked above: `count` is at most 3600 seconds, 1440 minutes or HISTORY (<= 366 days) in hours"
+    )]
     let counts = app
         .store
         .timeseries(id, resolution, first, count as usize)

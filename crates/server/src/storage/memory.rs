@@ -2,7 +2,7 @@
 //!
 //! Everything is lost when the process exits. Operations are CPU work of a
 //! few microseconds per batch, so they run inline on the calling task, but
-//! for large batches, which go to the [bulk](crate::bulk) threads.
+//! for large batches, which go to the [bulk] threads.
 
 use std::sync::Arc;
 

@@ -37,7 +37,7 @@ impl Backend {
         }
     }
 
-    pub async fn prepare(self) -> (Vec<String>, Guard) {
+    pub fn prepare(self) -> (Vec<String>, Guard) {
         match self {
             Backend::Memory => (vec!["--storage".into(), "memory".into()], Box::new(())),
             Backend::Disk => {
@@ -100,7 +100,7 @@ pub async fn open_store(
     impression_counter::config::Config,
     Guard,
 ) {
-    let (backend_flags, guard) = backend.prepare().await;
+    let (backend_flags, guard) = backend.prepare();
     let mut all: Vec<&str> = backend_flags.iter().map(String::as_str).collect();
     all.extend_from_slice(flags);
     let config = crate::helpers::config(&all);

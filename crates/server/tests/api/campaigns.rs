@@ -80,7 +80,7 @@ async fn invalid_campaigns_are_refused_with_a_clear_message() {
             "start_time must be an RFC 3339",
         ),
         (
-            json!({ "name": "n", "start_time": 1735689600 }),
+            json!({ "name": "n", "start_time": 1_735_689_600 }),
             "invalid type",
         ),
         (json!({ "name": 7 }), "invalid type"),

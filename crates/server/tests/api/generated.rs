@@ -201,7 +201,7 @@ fn request_object(
 ) -> BoxedStrategy<String> {
     let members: Vec<BoxedStrategy<Vec<(String, String)>>> = fields
         .iter()
-        .map(|&f| {
+        .map(move |&f| {
             let name = serde_json::to_string(f).unwrap();
             let value = field_value(f, campaigns.clone());
             // Optional fields are often left out; required ones seldom.
@@ -233,7 +233,7 @@ fn request_object(
             let mut all: Vec<(String, String)> = per_field.into_iter().flatten().collect();
             all.extend(extra);
             let n = all.len().max(1);
-            all.rotate_left((shuffle as usize) % n);
+            all.rotate_left(usize::try_from(shuffle % n as u64).unwrap());
             object(all)
         })
         .boxed()
@@ -366,7 +366,7 @@ fn query(keys: &'static [&'static str], campaigns: Vec<String>) -> BoxedStrategy
             let mut pairs: Vec<(String, String)> = per_key.into_iter().flatten().collect();
             pairs.extend(junk);
             let n = pairs.len().max(1);
-            pairs.rotate_left((shuffle as usize) % n);
+            pairs.rotate_left(usize::try_from(shuffle % n as u64).unwrap());
             let mut q = String::from("?");
             for (i, (k, v)) in pairs.iter().enumerate() {
                 if i > 0 {
@@ -474,7 +474,7 @@ impl Answer {
     /// A refusal: exactly `{"error": non-empty string, "code": status}`.
     fn error(&self) -> Result<String, String> {
         let body = self.json()?;
-        let ok = body.as_object().map(|o| o.len()) == Some(2)
+        let ok = body.as_object().map(serde_json::Map::len) == Some(2)
             && body["code"].as_u64() == Some(u64::from(self.status.as_u16()))
             && body["error"].as_str().is_some_and(|e| !e.is_empty());
         if !ok {
@@ -530,7 +530,10 @@ fn check_rejected(body: &Value, items: Option<usize>) -> Result<(), String> {
         .ok_or(format!("no rejected list: {body}"))?;
     for r in rejected {
         has_keys(r, &["index", "error", "code"])?;
-        let index = r["index"].as_u64().ok_or(format!("bad index: {r}"))? as usize;
+        let index = r["index"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .ok_or(format!("bad index: {r}"))?;
         if items.is_some_and(|n| index >= n) {
             return Err(format!("index {index} beyond the batch: {body}"));
         }
@@ -704,8 +707,8 @@ async fn tracking_one_impression_survives_generated_bodies() {
 
 /// A batch body: a JSON array or NDJSON of generated items, or anything.
 /// The media type of a `Content-Type`, as the batch endpoint reads it.
-fn essence(content_type: &Option<String>) -> String {
-    let ct = content_type.as_deref().unwrap_or_default();
+fn essence(content_type: Option<&str>) -> String {
+    let ct = content_type.unwrap_or_default();
     ct.split(';')
         .next()
         .unwrap_or_default()
@@ -732,12 +735,12 @@ fn batch_body(ids: Vec<String>) -> BoxedStrategy<(Body, Option<usize>, Option<St
     let separator = prop::sample::select(&["\n", "\r\n", "\n\n", "\n \t\n"][..]);
     prop_oneof![
         4 => (items.clone(), array_ct).prop_map(|(items, ct)| {
-            let n = (essence(&ct) == "application/json").then_some(items.len());
+            let n = (essence(ct.as_deref()) == "application/json").then_some(items.len());
             (Body::Text(format!("[{}]", items.join(","))), n, ct)
         }),
         4 => (items, separator, ndjson_ct, any::<bool>()).prop_map(|(items, sep, ct, trailing)| {
             let ndjson = ["application/x-ndjson", "application/ndjson", "application/jsonl"]
-                .contains(&essence(&ct).as_str());
+                .contains(&essence(ct.as_deref()).as_str());
             let n = ndjson.then_some(items.len());
             let mut text = items.join(sep);
             if trailing {
@@ -775,7 +778,10 @@ async fn tracking_batches_survives_generated_arrays_and_ndjson() {
                     Some(body) if answer.status == StatusCode::ACCEPTED => {
                         has_keys(&body, &["accepted", "rejected"])?;
                         check_rejected(&body, items)?;
-                        let accepted = body["accepted"].as_u64().ok_or("accepted")? as usize;
+                        let accepted = body["accepted"]
+                            .as_u64()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or("accepted")?;
                         let rejected = body["rejected"].as_array().map_or(0, Vec::len);
                         match items {
                             Some(n) if accepted + rejected != n => {

@@ -60,7 +60,7 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
 
 /// The application on a backend, with extra flags.
 pub async fn spawn(backend: Backend, flags: &[&str]) -> TestApp {
-    let (backend_flags, guard) = backend.prepare().await;
+    let (backend_flags, guard) = backend.prepare();
     let mut all: Vec<&str> = backend_flags.iter().map(String::as_str).collect();
     all.extend_from_slice(flags);
     let config = config(&all);
@@ -68,9 +68,7 @@ pub async fn spawn(backend: Backend, flags: &[&str]) -> TestApp {
     let store = storage::open(&config.storage(), Arc::clone(&clock) as Arc<dyn Clock>)
         .await
         .expect("the backend opens");
-    let mut app = spawn_app_on_clock(config, store, clock).await;
-    app._guard = Some(guard);
-    app
+    spawn_app_on_clock(config, store, clock, Some(guard)).await
 }
 
 /// Opens the Redis store a configuration with `--storage redis` names.
@@ -84,13 +82,14 @@ pub async fn open_redis(config: &Config) -> Result<RedisStore, StoreError> {
 
 /// The application around a given store.
 pub async fn spawn_app_on(config: Config, store: Arc<dyn Store>) -> TestApp {
-    spawn_app_on_clock(config, store, Arc::new(ManualClock::new(T0))).await
+    spawn_app_on_clock(config, store, Arc::new(ManualClock::new(T0)), None).await
 }
 
 async fn spawn_app_on_clock(
     config: Config,
     store: Arc<dyn Store>,
     clock: Arc<ManualClock>,
+    guard: Option<Guard>,
 ) -> TestApp {
     let app = Application::build_with(&config, store, Arc::clone(&clock) as Arc<dyn Clock>)
         .await
@@ -106,7 +105,7 @@ async fn spawn_app_on_clock(
         clock,
         stop: Some(stop),
         server: Some(server),
-        _guard: None,
+        _guard: guard,
     }
 }
 
@@ -242,7 +241,7 @@ pub async fn assert_error(response: Response, status: StatusCode) -> String {
     let message = body["error"].as_str().expect("an error message").to_owned();
     assert!(!message.is_empty());
     assert_eq!(
-        body.as_object().map(|o| o.len()),
+        body.as_object().map(serde_json::Map::len),
         Some(2),
         "only error and code: {body}"
     );

@@ -152,11 +152,12 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
                 (Resolution::Hour, 26),
             ] {
                 let first = ts.as_secs() / resolution.secs() + 1 - count;
+                let n = usize::try_from(count).unwrap();
                 let got = store
-                    .timeseries(id(c), resolution, first, count as usize)
+                    .timeseries(id(c), resolution, first, n)
                     .await
                     .map_err(|e| e.to_string())?;
-                let want = model.series(id(c), resolution, first, count as usize);
+                let want = model.series(id(c), resolution, first, n);
                 if got != want {
                     return Err(format!(
                         "step {step}: {resolution:?} series of {c}: {got:?} vs {want:?}"

@@ -16,7 +16,7 @@ use crate::helpers::{TestApp, config, spawn_app_on};
 /// Two applications sharing one Redis prefix, each with its own store,
 /// connections and manual clock (both at `T0`).
 async fn two_nodes(backend: Backend, flags: &[&str]) -> [TestApp; 2] {
-    let (backend_flags, _guard) = backend.prepare().await;
+    let (backend_flags, _guard) = backend.prepare();
     let mut all: Vec<&str> = backend_flags.iter().map(String::as_str).collect();
     all.extend_from_slice(flags);
     let mut nodes = Vec::new();

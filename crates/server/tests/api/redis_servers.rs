@@ -309,12 +309,11 @@ fn require_redis_server() {
     if found {
         return;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "redis-server is not on PATH, and CI must run the Redis tests: \
-             .ci/run installs it (apt-get install redis-server)"
-        );
-    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is not on PATH, and CI must run the Redis tests: \
+         .ci/run installs it (apt-get install redis-server)"
+    );
     panic!(
         "the Redis backend tests need redis-server (Redis 7+) on PATH: \
          install it with `sudo apt-get install redis-server` (Debian/Ubuntu) \

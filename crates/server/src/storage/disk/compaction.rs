@@ -109,7 +109,8 @@ impl Compactor {
                             upto,
                             snapshot_bytes,
                             folded_bytes,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            elapsed_ms =
+                                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                             "log compacted"
                         );
                     }

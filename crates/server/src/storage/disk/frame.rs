@@ -83,6 +83,10 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// Opens `path` and checks its magic.
+    #[allow(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "the fuzz targets call this through `fuzzing` with a `&[u8; 8]` constant: signature kept"
+    )]
     pub fn open(path: &Path, magic: &[u8; 8]) -> Result<Self, ReadError> {
         let io_err = |source| ReadError::Io {
             path: path.to_owned(),
@@ -134,7 +138,7 @@ impl FrameReader {
             return Ok(None);
         }
         if remaining < HEADER_LEN as u64 {
-            return self.torn(start, "the file ends inside a frame header");
+            return Ok(self.torn(start, "the file ends inside a frame header"));
         }
         let mut header = [0u8; HEADER_LEN];
         self.read(&mut header)?;
@@ -142,20 +146,20 @@ impl FrameReader {
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let (len, not_len, crc) = (word(0), word(4), word(8));
         if len == 0 && not_len == 0 && crc == 0 && self.rest_is_zero()? {
-            return self.torn(start, "the file ends with zeros");
+            return Ok(self.torn(start, "the file ends with zeros"));
         }
         if len != !not_len || len > MAX_PAYLOAD {
             return self.corrupt(start, "the frame header fails its self-check");
         }
         let end = start + HEADER_LEN as u64 + u64::from(len);
         if end > self.file_len {
-            return self.torn(start, "the file ends inside a frame");
+            return Ok(self.torn(start, "the file ends inside a frame"));
         }
         let mut payload = vec![0u8; len as usize];
         self.read(&mut payload)?;
         if crc32fast::hash(&payload) != crc {
             if end == self.file_len {
-                return self.torn(start, "the last frame fails its checksum");
+                return Ok(self.torn(start, "the last frame fails its checksum"));
             }
             return self.corrupt(start, "the frame fails its checksum");
         }
@@ -179,7 +183,7 @@ impl FrameReader {
         let mut buf = [0u8; 8192];
         let mut left = self.file_len - self.offset - HEADER_LEN as u64;
         while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             self.read(&mut buf[..n])?;
             if buf[..n].iter().any(|&b| b != 0) {
                 return Ok(false);
@@ -189,12 +193,13 @@ impl FrameReader {
         Ok(true)
     }
 
-    fn torn(&mut self, offset: u64, reason: &str) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+    /// Records a torn tail at `offset`: no more frames.
+    fn torn(&mut self, offset: u64, reason: &str) -> Option<(u64, Vec<u8>)> {
         self.ending = Some(Ending::Torn {
             offset,
             reason: reason.into(),
         });
-        Ok(None)
+        None
     }
 
     fn corrupt(&mut self, offset: u64, reason: &str) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
@@ -218,15 +223,15 @@ pub fn truncate(path: &Path, len: u64) -> io::Result<()> {
 /// file is either absent or complete.
 pub fn write_atomically(
     path: &Path,
-    magic: &[u8; 8],
+    magic: [u8; 8],
     frames: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<u64> {
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp)?;
     let mut out = io::BufWriter::with_capacity(1 << 20, file);
-    out.write_all(magic)?;
+    out.write_all(&magic)?;
     frames(&mut out)?;
-    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     file.sync_all()?;
     let len = file.seek(SeekFrom::End(0))?;
     std::fs::rename(&tmp, path)?;
@@ -274,7 +279,7 @@ mod tests {
         let ends = write(&path, &payloads);
         let full = std::fs::read(&path).unwrap();
         for cut in ends[1]..ends[2] {
-            std::fs::write(&path, &full[..cut as usize]).unwrap();
+            std::fs::write(&path, &full[..usize::try_from(cut).unwrap()]).unwrap();
             let (frames, ending) = read_all(&path).unwrap();
             assert_eq!(frames.len(), 2, "cut at {cut}");
             if cut == ends[1] {
@@ -296,7 +301,7 @@ mod tests {
         let ends = write(&path, &payloads);
         let full = std::fs::read(&path).unwrap();
         // Every byte of the first two frames, header and payload.
-        for at in 8..ends[1] as usize {
+        for at in 8..usize::try_from(ends[1]).unwrap() {
             let mut bad = full.clone();
             bad[at] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();

@@ -48,6 +48,10 @@ impl Listing {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            #[allow(
+                clippy::case_sensitive_file_extension_comparisons,
+                reason = "only the service's own temporary files, named with a lowercase `.tmp`"
+            )]
             if name.ends_with(".tmp") {
                 listing.temporary.push(entry.path());
             } else if let Some(n) = number(name, "wal-", ".log") {

@@ -6,7 +6,7 @@
 //! needs: every read is the memory store's; a write is the memory store's
 //! decision, appended to the log before it is acknowledged.
 //!
-//! * [`log`]: one writer at a time (a mutex) applies a batch to the memory
+//! * `log`: one writer at a time (a mutex) applies a batch to the memory
 //!   store and appends the counted impressions as one checksummed frame,
 //!   with a single `write`. Applying and appending under one lock makes the
 //!   log order the apply order, so replaying the log rebuilds exactly the
@@ -14,15 +14,15 @@
 //!   counted first). A 202 means the impression is in the kernel's page
 //!   cache: a crash of the process (kill -9) loses nothing acknowledged,
 //!   whatever the fsync policy.
-//! * [`sync`]: when the log reaches the disk. With `FSYNC=always` the
+//! * `sync`: when the log reaches the disk. With `FSYNC=always` the
 //!   answer also waits for the fsync (shared by every writer in flight:
 //!   group commit), so power loss loses nothing acknowledged; with
 //!   `everysec` it loses at most about a second.
-//! * [`compaction`]: closed segments folded into snapshots in a background
+//! * `compaction`: closed segments folded into snapshots in a background
 //!   thread, so disk use follows the live state.
-//! * [`recovery`]: the directory's lock, the newest snapshot and the
+//! * `recovery`: the directory's lock, the newest snapshot and the
 //!   segments after it replayed at start.
-//! * [`frame`], [`record`], [`snapshot`], [`layout`]: the bytes on disk,
+//! * `frame`, `record`, `snapshot`, `layout`: the bytes on disk,
 //!   each file documenting its layout.
 //!
 //! If an append or fsync fails, memory is ahead of the log: the store stops
@@ -162,7 +162,7 @@ impl DiskStore {
             campaigns = memory.engine().campaign_count(),
             live_keys = memory.engine().live_dedup_keys(),
             segments_replayed = loaded.segments,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "durable state loaded"
         );
         Ok(DiskStore {

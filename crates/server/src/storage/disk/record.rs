@@ -146,6 +146,10 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
             put_parts(out, &s.all);
             put_ad_parts(out, &s.other_ads);
             out.push(u8::from(s.ads_limit_exceeded));
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "ads per campaign are capped by the u32 `MAX_ADS_PER_CAMPAIGN`"
+            )]
             out.extend_from_slice(&(s.ads.len() as u32).to_le_bytes());
             for (ad, parts) in &s.ads {
                 put_str(out, ad.as_str());
@@ -154,6 +158,10 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
         }
         SnapshotSection::Dedup(entries) => {
             out.push(SNAP_DEDUP);
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "a section holds at most `DEDUP_CHUNK` (65,536) entries; a decoded one had a u32 count"
+            )]
             out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
             for (fp, t) in entries {
                 out.extend_from_slice(&fp.as_u128().to_le_bytes());
@@ -219,12 +227,19 @@ fn put_campaign(out: &mut Vec<u8>, c: &Campaign) {
     put_str(out, c.name.as_str());
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "names are at most 256 characters (1 KiB) and ids 512 bytes: below 2^16"
+)]
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    // Names are at most 256 characters (1 KiB) and ids 512 bytes.
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a window holds about a day of minute buckets and at most HISTORY (<= 366 days) of hour buckets: far below 2^32"
+)]
 fn put_ad_parts(out: &mut Vec<u8>, parts: &AdParts) {
     out.extend_from_slice(&parts.total.to_le_bytes());
     out.extend_from_slice(&(parts.minutes.len() as u32).to_le_bytes());
@@ -239,6 +254,10 @@ fn put_ad_parts(out: &mut Vec<u8>, parts: &AdParts) {
     }
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a window holds about a day of minute buckets and at most HISTORY (<= 366 days) of hour buckets: far below 2^32"
+)]
 fn put_parts(out: &mut Vec<u8>, parts: &WindowParts) {
     out.extend_from_slice(&parts.total.to_le_bytes());
     out.extend_from_slice(&(parts.minutes.len() as u32).to_le_bytes());

@@ -171,5 +171,5 @@ pub fn lock_dir(dir: &Path) -> Result<File, DiskError> {
 
 /// A file's length, 0 if it cannot be read.
 pub fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }

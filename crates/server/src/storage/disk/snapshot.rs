@@ -21,7 +21,7 @@ const DEDUP_CHUNK: usize = 65_536;
 
 /// Writes `engine`'s state to `path`; returns the file's size.
 pub fn write(path: &Path, engine: &Engine) -> io::Result<u64> {
-    frame::write_atomically(path, SNAPSHOT_MAGIC, |out| {
+    frame::write_atomically(path, *SNAPSHOT_MAGIC, |out| {
         let mut payload = Vec::new();
         let mut framed = Vec::new();
         let mut emit = |out: &mut dyn Write, section: &SnapshotSection| {
@@ -105,7 +105,7 @@ pub fn load(path: &Path, engine: &Engine, now: Timestamp) -> Result<(), DiskErro
     }
     let offset = match reader.ending() {
         Some(frame::Ending::Torn { offset, .. }) => *offset,
-        _ => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        _ => std::fs::metadata(path).map_or(0, |m| m.len()),
     };
     Err(corrupt(
         offset,

@@ -117,7 +117,7 @@ impl RedisStore {
         call.arg(now.as_millis())
             .arg(self.rules.ttl_ms)
             .arg(self.rules.retention_ms)
-            .arg(DEDUP_SLACK.as_millis() as u64)
+            .arg(u64::try_from(DEDUP_SLACK.as_millis()).unwrap_or(u64::MAX))
             .arg(WINDOW_SLACK.as_secs())
             .arg(self.rules.history_hours)
             .arg(self.rules.max_ads)
@@ -159,7 +159,7 @@ impl RedisStore {
             call.arg(now.as_millis())
                 .arg(self.rules.ttl_ms)
                 .arg(self.rules.retention_ms)
-                .arg(DEDUP_SLACK.as_millis() as u64)
+                .arg(u64::try_from(DEDUP_SLACK.as_millis()).unwrap_or(u64::MAX))
                 .arg(&chunk)
                 .arg(created)
                 .arg(ids.len());
@@ -261,7 +261,7 @@ impl RedisStore {
             .arg(self.rules.history_hours)
             .arg(self.rules.max_ads)
             .arg(chunk)
-            .arg(MARKER_TTL.as_millis() as u64)
+            .arg(u64::try_from(MARKER_TTL.as_millis()).unwrap_or(u64::MAX))
             .arg(mode)
             .arg(items);
     }
