@@ -36,7 +36,7 @@ pub mod window;
 
 pub use campaign::{Campaign, CampaignId, CampaignName};
 pub use dedup::{Decision, DedupIndex, DedupRule, DedupScope, Fingerprint};
-pub use engine::{CampaignExists, CampaignSnapshot, Engine, EngineConfig};
+pub use engine::{CampaignExists, CampaignSnapshot, Engine, EngineConfig, MemoryUse};
 pub use error::ValidationError;
 pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 pub use stats::{AdBreakdown, Stats};

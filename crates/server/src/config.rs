@@ -21,6 +21,7 @@ use clap::{Parser, ValueEnum};
 use impression_core::{DedupScope, EngineConfig};
 
 use crate::auth::KeySources;
+use crate::budget::{self, MemoryBudget, MemorySource, parse_size};
 use crate::bulk::Priority;
 use crate::edge::EdgeSettings;
 use crate::ingest::{INGEST_GRACE, IngestSettings};
@@ -244,6 +245,14 @@ pub struct Config {
     )]
     pub max_campaigns: u64,
 
+    /// The memory the state may hold (dedup keys, counters, sketches,
+    /// campaigns, queued work), e.g. `4GiB`, `512MiB`; `0` for no limit. At
+    /// it, impressions that would add state get 503 until expiry frees room.
+    /// [default: half of the memory the process may use: its cgroup limit,
+    /// else physical memory]
+    #[arg(long, env = "MEMORY_LIMIT", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+
     /// Most live duplicate-detection keys (embedded and disk stores); at the
     /// limit, impressions that would add a key are refused with 503 rather
     /// than let memory grow until the process is killed. Unset: unlimited.
@@ -436,6 +445,36 @@ impl Config {
             max_id_bytes: usize::from(self.max_id_bytes),
             max_campaigns: self.max_campaigns,
             max_dedup_keys: self.max_dedup_keys,
+            budget: self.memory_budget().0,
+        }
+    }
+
+    /// The memory budget, and where its limit came from (for the start-up
+    /// log): `MEMORY_LIMIT`, or half of what the process may use.
+    pub fn memory_budget(&self) -> (MemoryBudget, String) {
+        let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+        match self.memory_limit {
+            Some(0) => (MemoryBudget::new(None), "none (MEMORY_LIMIT=0)".into()),
+            Some(bytes) => (
+                MemoryBudget::new(Some(to_usize(bytes))),
+                format!("{} (MEMORY_LIMIT)", budget::human(bytes)),
+            ),
+            None => match budget::default_limit() {
+                Some((bytes, source)) => {
+                    let of = match source {
+                        MemorySource::Cgroup => "the cgroup's memory limit",
+                        MemorySource::Physical => "physical memory",
+                    };
+                    (
+                        MemoryBudget::new(Some(to_usize(bytes))),
+                        format!("{} (half of {of})", budget::human(bytes)),
+                    )
+                }
+                None => (
+                    MemoryBudget::new(None),
+                    "none (the machine's memory is unknown; set MEMORY_LIMIT)".into(),
+                ),
+            },
         }
     }
 

@@ -80,6 +80,9 @@ pub enum ApiError {
     /// Shutting down, or the backend cannot take requests.
     #[error("{0}")]
     Unavailable(String),
+    /// The impression would add state past the memory limit.
+    #[error("{0}")]
+    MemoryLimit(String),
     /// A bug or backend fault. The cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
@@ -104,8 +107,21 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
             ApiError::CampaignNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::QueueFull | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull | ApiError::Unavailable(_) | ApiError::MemoryLimit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ApiError {
+    /// `Retry-After` for a 503: a second, or five at the memory limit, where
+    /// room comes back only as older state expires.
+    pub fn retry_after(&self) -> HeaderValue {
+        match self {
+            ApiError::MemoryLimit(_) => HeaderValue::from_static("5"),
+            _ => HeaderValue::from_static("1"),
         }
     }
 }
@@ -124,7 +140,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, self.retry_after());
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

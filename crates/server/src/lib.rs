@@ -16,6 +16,7 @@
 //! * [`storage`]: the batch-shaped backend seam; [`storage::memory`] is the
 //!   embedded engine.
 //! * [`auth`]: API keys for the management endpoints.
+//! * [`budget`]: the memory budget (`MEMORY_LIMIT`) and its check.
 //! * [`edge`]: the one middleware for limits, CORS and request metrics.
 //! * [`limits`]: the deadline on reading request bodies.
 //! * [`server`]: the accept loop, connection limits and graceful shutdown.
@@ -24,6 +25,7 @@
 //! * [`telemetry`], [`shutdown`], [`timefmt`]: logs, signals, RFC 3339.
 
 pub mod auth;
+pub mod budget;
 pub mod bulk;
 pub mod config;
 pub mod edge;

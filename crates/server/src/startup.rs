@@ -92,6 +92,7 @@ pub struct Application {
     limits: ConnectionLimits,
     workers: Workers,
     maintenance: JoinHandle<()>,
+    memory_watch: JoinHandle<()>,
     stop_maintenance: CancellationToken,
 }
 
@@ -158,6 +159,15 @@ impl Application {
             config.api(),
             api_keys,
         );
+        let (budget, memory_limit) = config.memory_budget();
+        let memory_watch = crate::budget::spawn_watch(
+            budget,
+            {
+                let state = state.clone();
+                move || state.state_bytes().total()
+            },
+            stop_maintenance.clone(),
+        );
         tracing::info!(
             %addr,
             ttl = ?config.ttl,
@@ -165,6 +175,7 @@ impl Application {
             workers = ingest.workers,
             scope = ?config.dedup_scope,
             storage = ?config.storage_kind(),
+            %memory_limit,
             "impression-counter listening"
         );
         Ok(Application {
@@ -176,6 +187,7 @@ impl Application {
             limits: config.connections(),
             workers,
             maintenance,
+            memory_watch,
             stop_maintenance,
         })
     }
@@ -209,6 +221,7 @@ impl Application {
         self.workers.drain().await;
         self.stop_maintenance.cancel();
         let _ = self.maintenance.await;
+        let _ = self.memory_watch.await;
         if let Err(e) = self.store.close().await {
             tracing::error!(error = %chain(&e), "closing the storage failed");
             return Err(std::io::Error::other(e));

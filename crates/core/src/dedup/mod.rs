@@ -610,6 +610,34 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_index_gives_its_memory_back_and_accounts_it() {
+        let index = DedupIndex::new(Duration::from_secs(60), Duration::ZERO, 64);
+        let t0 = Timestamp::from_secs(1_735_689_600);
+        for n in 0..200_000 {
+            index.check(fp(n), t0, t0);
+        }
+        assert!(index.heap_bytes() > 200_000 * 24, "{}", index.heap_bytes());
+        index.expire(t0.saturating_add(Duration::from_secs(61)));
+        assert_eq!(index.len(), 0);
+        // What is left is each shard's smallest table: no ring chunk, no
+        // spare.
+        let floor = index.shard_count() * 16 * 8;
+        assert!(
+            index.heap_bytes() <= floor,
+            "{} bytes held",
+            index.heap_bytes()
+        );
+        // And the index works on: positions moved past the released chunks.
+        let later = t0.saturating_add(Duration::from_secs(120));
+        assert!(matches!(
+            index.check(fp(7), later, later),
+            Decision::Count { .. }
+        ));
+        assert_eq!(index.check(fp(7), later, later), Decision::Duplicate);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
     fn rule_counts_at_exactly_ttl_and_not_a_millisecond_before() {
         let rule = DedupRule::new(TTL);
         let base = 10_000_000;

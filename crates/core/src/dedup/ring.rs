@@ -129,6 +129,19 @@ impl Ring {
         self.nth(0)
     }
 
+    /// An emptied ring gives back all its memory: its chunks, the spare and
+    /// the list. Positions move on to the next chunk boundary, so every
+    /// position handed out before stays behind the head (dead); the next
+    /// push allocates one chunk.
+    fn release(&mut self) {
+        self.chunks = VecDeque::new();
+        self.spare = None;
+        let aligned = self.tail.wrapping_add(CHUNK_MASK) & !CHUNK_MASK;
+        self.head = aligned;
+        self.tail = aligned;
+        self.front_ms = u64::MAX;
+    }
+
     /// Heap bytes held: the chunks (the spare included) and their list.
     pub(super) fn heap_bytes(&self) -> usize {
         let chunks = self.chunks.len() + usize::from(self.spare.is_some());
@@ -147,6 +160,10 @@ impl Ring {
     pub(super) fn pop_front(&mut self) {
         debug_assert_ne!(self.head, self.tail);
         self.head = self.head.wrapping_add(1);
+        if self.head == self.tail {
+            self.release();
+            return;
+        }
         if self.head & CHUNK_MASK == 0 {
             self.spare = self.chunks.pop_front();
         }

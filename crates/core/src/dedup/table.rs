@@ -189,7 +189,10 @@ impl SlotTable {
     pub(super) fn rehash_if_needed(&mut self, live: usize, is_current: impl Fn(u32, u32) -> bool) {
         let cap = self.slots.len();
         let crowded = self.used * 32 > cap * (20 + usize::from(self.stagger));
-        let sparse = cap > KEEP_SLOTS && live * 8 < cap;
+        // An emptied shard gives its table back whatever its size; a
+        // sparse one keeps up to KEEP_SLOTS, so a shard whose keys come and
+        // go does not rebuild on every swing.
+        let sparse = (cap > KEEP_SLOTS && live * 8 < cap) || (live == 0 && cap > MIN_SLOTS);
         if !(crowded || sparse) {
             return;
         }

@@ -11,6 +11,8 @@
 //!   the dedup rule;
 //! * `ingest_queue_depth`, `dedup_live_keys`, `campaigns`: gauges read at
 //!   scrape time;
+//! * `memory_state_bytes{kind}` (`dedup`, `counters`, `sketches`,
+//!   `campaigns`, `queue`) and `memory_limit_bytes`: the memory budget;
 //! * `ingest_batch_size`: impressions per worker batch;
 //! * `store_apply_failures_total`: batches the backend failed to apply;
 //! * `http_request_duration_seconds{method,route,status}`: latency histogram,
@@ -32,6 +34,7 @@ use self::striped::{
     CounterCollector, HistogramCollector, Labels, RequestLatency, StripedCounter, StripedHistogram,
 };
 
+use crate::budget::StateBytes;
 use crate::paths::{self, Route};
 use crate::storage::StoreGauges;
 
@@ -48,6 +51,8 @@ pub enum RejectReason {
     QueueFull,
     /// The backend could not take it.
     Unavailable,
+    /// It would have added state past `MEMORY_LIMIT`.
+    MemoryLimit,
 }
 
 impl RejectReason {
@@ -58,6 +63,7 @@ impl RejectReason {
             RejectReason::NotStarted => "not_started",
             RejectReason::QueueFull => "queue_full",
             RejectReason::Unavailable => "unavailable",
+            RejectReason::MemoryLimit => "memory_limit",
         }
     }
 }
@@ -65,6 +71,11 @@ impl RejectReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
@@ -106,6 +117,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     live_keys: Gauge,
     campaigns: Gauge,
+    state_bytes: Family<KindLabel, Gauge>,
+    memory_limit: Gauge,
     requests: Arc<RequestLatency>,
 }
 
@@ -129,6 +142,8 @@ impl Metrics {
             queue_depth: Gauge::default(),
             live_keys: Gauge::default(),
             campaigns: Gauge::default(),
+            state_bytes: Family::default(),
+            memory_limit: Gauge::default(),
             requests: Arc::new(RequestLatency::new(Labels {
                 routes: paths::ROUTES,
                 methods: METHODS,
@@ -177,6 +192,16 @@ impl Metrics {
             m.live_keys.clone(),
         );
         registry.register("campaigns", "Campaigns known", m.campaigns.clone());
+        registry.register(
+            "memory_state_bytes",
+            "Bytes the state holds by kind, as the service accounts them against MEMORY_LIMIT",
+            m.state_bytes.clone(),
+        );
+        registry.register(
+            "memory_limit_bytes",
+            "MEMORY_LIMIT in bytes (0: no limit)",
+            m.memory_limit.clone(),
+        );
         registry.register_collector(Box::new(Arc::clone(&m.requests)));
         Metrics { registry, ..m }
     }
@@ -233,10 +258,23 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with gauges read now.
-    pub fn render(&self, queue_depth: usize, store: StoreGauges) -> String {
+    pub fn render(
+        &self,
+        queue_depth: usize,
+        store: StoreGauges,
+        state: StateBytes,
+        memory_limit: Option<usize>,
+    ) -> String {
         self.queue_depth.set(saturating_i64(queue_depth as u64));
         self.live_keys.set(saturating_i64(store.live_dedup_keys));
         self.campaigns.set(saturating_i64(store.campaigns));
+        for (kind, bytes) in state.by_kind() {
+            self.state_bytes
+                .get_or_create(&KindLabel { kind })
+                .set(saturating_i64(bytes as u64));
+        }
+        self.memory_limit
+            .set(saturating_i64(memory_limit.unwrap_or(0) as u64));
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -15,6 +15,7 @@ use impression_core::{
 use tokio::sync::oneshot;
 
 use super::AppState;
+use crate::budget;
 use crate::error::ApiError;
 use crate::metrics::RejectReason;
 use crate::timefmt::{format_rfc3339, parse_rfc3339};
@@ -110,6 +111,7 @@ impl<'a> Admission<'a> {
             timestamp,
         };
         self.check_key_capacity(&impression)?;
+        self.check_memory(&impression)?;
         Ok(impression)
     }
 
@@ -118,6 +120,27 @@ impl<'a> Admission<'a> {
     /// adds nothing and goes through. Queued impressions can add at most
     /// `IMPRESSIONS_QUEUE_SIZE` keys past the limit, so memory stays bounded
     /// and nothing accepted is ever dropped.
+    /// At the memory limit (`MEMORY_LIMIT`) an impression that would count
+    /// (and so add state) is refused (503) here, before it is acknowledged;
+    /// a duplicate adds nothing and goes through. See [`crate::budget`].
+    fn check_memory(&self, impression: &Impression) -> Result<(), ApiError> {
+        let budget = self.app.settings.budget;
+        let Some(limit) = budget.limit() else {
+            return Ok(());
+        };
+        let used = self.app.state_bytes().total();
+        budget
+            .check(used, &*self.app.store, impression, self.received_at)
+            .map_err(|used| {
+                ApiError::MemoryLimit(format!(
+                    "the memory limit is reached ({} of {}, MEMORY_LIMIT): impressions that \
+                     would add state are refused until older state expires",
+                    budget::human(used as u64),
+                    budget::human(limit as u64)
+                ))
+            })
+    }
+
     fn check_key_capacity(&self, impression: &Impression) -> Result<(), ApiError> {
         let Some(max) = self.app.settings.max_dedup_keys else {
             return Ok(());
@@ -193,6 +216,7 @@ pub fn reject_reason(e: &ApiError) -> RejectReason {
         ApiError::CampaignNotFound(_) => RejectReason::UnknownCampaign,
         ApiError::CampaignNotStarted { .. } => RejectReason::NotStarted,
         ApiError::QueueFull => RejectReason::QueueFull,
+        ApiError::MemoryLimit(_) => RejectReason::MemoryLimit,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RejectReason::Unavailable,
         _ => RejectReason::Invalid,
     }

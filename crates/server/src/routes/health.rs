@@ -47,7 +47,12 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
 #[utoipa::path(get, path = paths::METRICS, tag = "operations",
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    let text = app.metrics.render(app.queue.depth(), app.store.gauges());
+    let text = app.metrics.render(
+        app.queue.depth(),
+        app.store.gauges(),
+        app.state_bytes(),
+        app.settings.budget.limit(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -35,6 +35,7 @@ use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
 
 use crate::auth::{self, ApiKeys};
+use crate::budget::{MemoryBudget, StateBytes};
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
@@ -64,6 +65,8 @@ pub struct ApiSettings {
     pub max_campaigns: u64,
     /// Most live dedup keys, if limited.
     pub max_dedup_keys: Option<u64>,
+    /// The memory the state may hold.
+    pub budget: MemoryBudget,
 }
 
 static NEXT_APP_ID: AtomicU64 = AtomicU64::new(0);
@@ -127,6 +130,14 @@ impl AppState {
     /// Whether the service is draining.
     pub fn is_shutting_down(&self) -> bool {
         self.0.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the state holds now, by kind: the store's estimate and the
+    /// queue's bound (queued impressions at their largest ids).
+    pub fn state_bytes(&self) -> StateBytes {
+        let per_impression =
+            size_of::<impression_core::Impression>() + 2 * self.settings.max_id_bytes;
+        StateBytes::new(self.store.memory_use(), self.queue.depth() * per_impression)
     }
 }
 

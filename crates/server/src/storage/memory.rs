@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Engine, EngineConfig, Impression, Resolution, Stats,
-    Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Engine, EngineConfig, Impression, MemoryUse, Resolution,
+    Stats, Timestamp, TrackOutcome,
 };
 
 use super::{Store, StoreError, StoreGauges};
@@ -116,6 +116,14 @@ impl Store for MemoryStore {
 
     fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
         self.engine.is_live_key(impression, now)
+    }
+
+    fn memory_use(&self) -> MemoryUse {
+        self.engine.memory()
+    }
+
+    fn would_count(&self, impression: &Impression, now: Timestamp) -> bool {
+        self.engine.would_count(impression, now)
     }
 
     fn gauges(&self) -> StoreGauges {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Impression, Resolution, Stats,
-    Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Impression, MemoryUse, Resolution,
+    Stats, Timestamp, TrackOutcome,
 };
 use thiserror::Error;
 
@@ -174,6 +174,21 @@ pub trait Store: Send + Sync + 'static {
     /// (read on every request when `MAX_DEDUP_KEYS` is set).
     fn live_keys_estimate(&self) -> Option<u64> {
         None
+    }
+
+    /// Heap bytes this node's share of the state holds, by kind: the
+    /// store's own estimate, kept up to date as the state changes (cheap
+    /// enough to read on every request). Zero for what lives elsewhere.
+    fn memory_use(&self) -> MemoryUse {
+        MemoryUse::default()
+    }
+
+    /// Whether tracking `impression` at `now` would count it (and so add
+    /// state), rather than find it a duplicate. A backend that cannot tell
+    /// cheaply answers `true`.
+    fn would_count(&self, impression: &Impression, now: Timestamp) -> bool {
+        let _ = (impression, now);
+        true
     }
 
     /// Whether tracking `impression` at `now` would find its key live (and

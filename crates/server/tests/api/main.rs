@@ -16,6 +16,7 @@ mod event_time;
 mod generated;
 mod helpers;
 mod impressions;
+mod memory;
 mod model;
 mod operations;
 mod pixel;

@@ -12,9 +12,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
-use impression_core::{Engine, EngineConfig, Timestamp};
+use impression_core::{Engine, EngineConfig, MemoryUse, Timestamp};
 use parking_lot::Mutex;
 
 use super::layout::{Listing, segment_path, snapshot_path};
@@ -33,6 +34,33 @@ pub struct Compactor {
     config: EngineConfig,
     segment_bytes: u64,
     state: Arc<Mutex<State>>,
+    building: Arc<Building>,
+}
+
+/// Heap bytes of the engine a running compaction is building, by kind
+/// (zero when none runs): published by the compaction thread after each
+/// file it loads, read on every request without a lock.
+#[derive(Default)]
+struct Building {
+    dedup: AtomicUsize,
+    counters: AtomicUsize,
+    campaigns: AtomicUsize,
+}
+
+impl Building {
+    fn publish(&self, m: MemoryUse) {
+        self.dedup.store(m.dedup, Ordering::Relaxed);
+        self.counters.store(m.counters, Ordering::Relaxed);
+        self.campaigns.store(m.campaigns, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> MemoryUse {
+        MemoryUse {
+            dedup: self.dedup.load(Ordering::Relaxed),
+            counters: self.counters.load(Ordering::Relaxed),
+            campaigns: self.campaigns.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct State {
@@ -57,6 +85,7 @@ impl Compactor {
             dir: dir.to_owned(),
             config,
             segment_bytes,
+            building: Arc::new(Building::default()),
             state: Arc::new(Mutex::new(State {
                 running: None,
                 snapshot_bytes,
@@ -91,6 +120,7 @@ impl Compactor {
         let dir = self.dir.clone();
         let config = self.config.clone();
         let state = Arc::clone(&self.state);
+        let building = Arc::clone(&self.building);
         let spawned = std::thread::Builder::new()
             .name("log-compactor".into())
             .spawn(move || {
@@ -100,7 +130,11 @@ impl Compactor {
                 // machine.
                 bulk::lower_priority(bulk::Priority::Nice(COMPACTOR_NICE));
                 let started = std::time::Instant::now();
-                match compact(&dir, &config, upto, now) {
+                let engine = Engine::new(config);
+                let compacted = compact(&dir, &engine, upto, now, |e| building.publish(e.memory()));
+                drop(engine);
+                building.publish(MemoryUse::default());
+                match compacted {
                     Ok((snapshot_bytes, folded_bytes)) => {
                         let mut s = state.lock();
                         s.snapshot_bytes = snapshot_bytes;
@@ -128,6 +162,12 @@ impl Compactor {
             .ok()
     }
 
+    /// Heap bytes of the engine a running compaction is building (as of
+    /// the last file it loaded).
+    pub fn memory_use(&self) -> MemoryUse {
+        self.building.read()
+    }
+
     /// Waits for a running compaction to finish (blocking: joins it).
     pub fn finish(&self) {
         let running = self.state.lock().running.take();
@@ -140,26 +180,29 @@ impl Compactor {
 /// Builds the state up to segment `upto` from files alone, writes it as a
 /// snapshot, and deletes what it replaces. Returns the snapshot's size and
 /// the bytes of segments folded in.
+/// `loaded(engine)` is called after each file is loaded into it.
 fn compact(
     dir: &Path,
-    config: &EngineConfig,
+    engine: &Engine,
     upto: u64,
     now: Timestamp,
+    loaded: impl Fn(&Engine),
 ) -> Result<(u64, u64), DiskError> {
     let listing = Listing::read(dir).map_err(io_error(format!("listing {}", dir.display())))?;
-    let engine = Engine::new(config.clone());
     let base = listing.snapshot_before(upto);
     if let Some(n) = base {
-        snapshot::load(&snapshot_path(dir, n), &engine, now)?;
+        snapshot::load(&snapshot_path(dir, n), engine, now)?;
+        loaded(engine);
     }
     let base = base.unwrap_or(0);
     let mut folded_bytes = 0;
     for &n in listing.segments.iter().filter(|&&n| n >= base && n < upto) {
-        folded_bytes += replay_segment(&segment_path(dir, n), &engine, now, false)?;
+        folded_bytes += replay_segment(&segment_path(dir, n), engine, now, false)?;
+        loaded(engine);
     }
     let path = snapshot_path(dir, upto);
     let size =
-        snapshot::write(&path, &engine).map_err(io_error(format!("writing {}", path.display())))?;
+        snapshot::write(&path, engine).map_err(io_error(format!("writing {}", path.display())))?;
     for n in listing.segments.iter().filter(|&&n| n < upto) {
         let _ = std::fs::remove_file(segment_path(dir, *n));
     }

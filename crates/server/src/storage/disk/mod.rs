@@ -44,8 +44,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Fingerprint, Impression, Resolution,
-    Stats, Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Fingerprint, Impression, MemoryUse,
+    Resolution, Stats, Timestamp, TrackOutcome,
 };
 
 use self::compaction::Compactor;
@@ -328,6 +328,22 @@ impl Store for DiskStore {
 
     fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
         self.memory.is_live_key(impression, now)
+    }
+
+    /// The live state, plus the engine a running compaction is building
+    /// (about as large, while it runs).
+    fn memory_use(&self) -> MemoryUse {
+        let live = self.memory.memory_use();
+        let compacting = self.compactor.memory_use();
+        MemoryUse {
+            dedup: live.dedup + compacting.dedup,
+            counters: live.counters + compacting.counters,
+            campaigns: live.campaigns + compacting.campaigns,
+        }
+    }
+
+    fn would_count(&self, impression: &Impression, now: Timestamp) -> bool {
+        self.memory.would_count(impression, now)
     }
 
     fn gauges(&self) -> StoreGauges {
