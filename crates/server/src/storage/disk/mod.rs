@@ -42,6 +42,7 @@
 pub(crate) mod frame;
 mod layout;
 pub(crate) mod record;
+mod secret;
 mod snapshot;
 mod sync;
 
@@ -61,7 +62,7 @@ use self::frame::{Ending, FrameReader, ReadError};
 use self::layout::{LOG_MAGIC, Listing, segment_path, snapshot_path};
 use self::record::LogRecord;
 use self::sync::Syncer;
-use super::{Store, StoreError, StoreGauges};
+use super::{HashSecret, Store, StoreError, StoreGauges};
 use crate::bulk::{self, Bulk};
 use crate::config::FsyncPolicy;
 
@@ -142,6 +143,8 @@ pub struct DiskStore {
     /// Set once a write failed: memory is ahead of the log from then on.
     failed: Mutex<Option<String>>,
     compaction: Arc<Mutex<Compaction>>,
+    /// The pixel id secret, once read or made (see `secret.rs`).
+    id_secret: Mutex<Option<HashSecret>>,
     /// Held for the life of the store: the directory's lock.
     _lock: File,
 }
@@ -257,6 +260,7 @@ impl DiskStore {
             }),
             failed: Mutex::new(None),
             compaction: Arc::new(Mutex::new(compaction)),
+            id_secret: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -660,6 +664,20 @@ impl Store for DiskStore {
             live_dedup_keys: self.engine.live_dedup_keys() as u64,
             campaigns: self.engine.campaign_count() as u64,
         }
+    }
+
+    /// Read from (or made once into) `DATA_DIR/pixel-id.secret`. The file
+    /// is a few bytes and touched once per process, so it is read inline,
+    /// under the mutex that keeps two first callers from making two.
+    async fn pixel_id_secret(&self) -> Result<HashSecret, StoreError> {
+        let mut kept = self.id_secret.lock();
+        if let Some(secret) = kept.as_ref() {
+            return Ok(secret.clone());
+        }
+        let secret = secret::load_or_create(&self.dir)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        *kept = Some(secret.clone());
+        Ok(secret)
     }
 
     async fn close(&self) -> Result<(), StoreError> {
