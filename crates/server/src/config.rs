@@ -14,6 +14,8 @@ use clap::{Parser, ValueEnum};
 use impression_core::{DedupScope, EngineConfig};
 
 use crate::bulk::Priority;
+use crate::client_addr::ClientAddrArgs;
+use crate::pixel_id::PixelArgs;
 
 /// Everything the service can be told at start-up.
 #[derive(Clone, Debug, Parser)]
@@ -125,6 +127,15 @@ pub struct Config {
     /// `user_id`.
     #[arg(long, env = "PIXEL_COOKIE", default_value = "uid", value_parser = parse_cookie_name)]
     pub pixel_cookie: String,
+
+    /// The pixel's other settings: how it identifies browsers (PIXEL_ID,
+    /// PIXEL_COOKIE_*, PIXEL_HASH_SECRET).
+    #[command(flatten)]
+    pub pixel: PixelArgs,
+
+    /// Who the client is behind proxies (TRUSTED_PROXIES).
+    #[command(flatten)]
+    pub client_addr: ClientAddrArgs,
 
     /// Where state lives: `memory` (lost on exit), `disk` (durable log and
     /// snapshots in DATA_DIR) or `redis` (shared by many nodes).

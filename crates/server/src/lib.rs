@@ -16,6 +16,9 @@
 //! * [`storage`]: the batch-shaped backend seam; [`storage::memory`] is the
 //!   embedded engine.
 //! * [`auth`]: API keys for the management endpoints.
+//! * [`pixel_id`]: the pixel's user ids for browsers that bring none
+//!   (minted cookie, daily-keyed hash).
+//! * [`client_addr`]: the client's address, through trusted proxies.
 //! * [`edge`]: the one middleware for limits, CORS and request metrics.
 //! * [`limits`]: the deadline on reading request bodies.
 //! * [`server`]: the accept loop, connection limits and graceful shutdown.
@@ -25,6 +28,7 @@
 
 pub mod auth;
 pub mod bulk;
+pub mod client_addr;
 pub mod config;
 pub mod edge;
 pub mod error;
@@ -34,6 +38,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod pixel_id;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

@@ -34,12 +34,14 @@ use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
 
 use crate::auth::{self, ApiKeys};
+use crate::client_addr::ClientAddrSettings;
 use crate::config::Config;
 use crate::edge::{Edge, WithEdge};
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::openapi;
+use crate::pixel_id::{PixelIds, PixelSettings};
 use crate::storage::Store;
 
 /// Request-level limits and settings, from the configuration.
@@ -53,8 +55,11 @@ pub struct ApiSettings {
     pub batch_max_items: usize,
     /// Largest batch body in bytes.
     pub batch_max_bytes: usize,
-    /// Cookie the pixel reads the user id from.
-    pub pixel_cookie: String,
+    /// How the pixel identifies browsers: its cookie, `PIXEL_ID` mode,
+    /// hash secret.
+    pub pixel: PixelSettings,
+    /// Who the client is behind proxies.
+    pub client_addr: ClientAddrSettings,
     /// Hourly history kept, bounding `timeseries?resolution=hour`.
     pub history: Duration,
     /// Longest user or ad id accepted, in bytes.
@@ -82,7 +87,8 @@ impl From<&Config> for ApiSettings {
             max_event_age: c.max_event_age,
             batch_max_items: c.batch_max_items as usize,
             batch_max_bytes: usize::try_from(c.batch_max_bytes).unwrap_or(usize::MAX),
-            pixel_cookie: c.pixel_cookie.clone(),
+            pixel: PixelSettings::from_config(c),
+            client_addr: ClientAddrSettings::from_config(c),
             history: Duration::from_secs(c.engine().history_hours * 3600),
             max_id_bytes: usize::from(c.max_id_bytes),
             max_campaigns: c.max_campaigns,
@@ -117,6 +123,9 @@ pub struct AppInner {
     pub settings: ApiSettings,
     /// Keys for the management endpoints.
     pub api_keys: Arc<ApiKeys>,
+    /// The pixel's user ids for browsers that bring none (and the keys
+    /// they are derived with).
+    pub pixel_ids: PixelIds,
     /// Unique in the process, so per-thread caches keep applications apart.
     id: u64,
     shutting_down: AtomicBool,
@@ -132,6 +141,7 @@ impl AppState {
         settings: ApiSettings,
         api_keys: Arc<ApiKeys>,
     ) -> Self {
+        let pixel_ids = PixelIds::new(settings.pixel.clone());
         AppState(Arc::new(AppInner {
             store,
             clock,
@@ -139,6 +149,7 @@ impl AppState {
             metrics,
             settings,
             api_keys,
+            pixel_ids,
             id: NEXT_APP_ID.fetch_add(1, Ordering::Relaxed),
             shutting_down: AtomicBool::new(false),
         }))

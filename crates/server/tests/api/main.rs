@@ -18,6 +18,7 @@ mod impressions;
 mod model;
 mod operations;
 mod pixel;
+mod pixel_ids;
 #[cfg(target_os = "linux")]
 mod priorities;
 mod process;
