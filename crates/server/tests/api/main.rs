@@ -7,6 +7,7 @@
 mod backends;
 mod batch;
 mod breakdowns;
+mod browser;
 mod campaigns;
 mod concurrency;
 mod durability;
@@ -18,6 +19,7 @@ mod impressions;
 mod model;
 mod operations;
 mod pixel;
+mod pixel_browser;
 mod pixel_ids;
 #[cfg(target_os = "linux")]
 mod priorities;
