@@ -28,10 +28,11 @@
 //!
 //! * one browser (address, user agent) on one campaign gets the same id on
 //!   every node and across restarts, all UTC day long;
-//! * on the next UTC day it gets an unrelated id: the day keys are
-//!   independent, and the server keeps none of them, nor anything else
-//!   that could link two days' ids (the dedup index holds only keyed
-//!   fingerprints, for `TTL` plus grace);
+//! * on the next UTC day it gets an unrelated id: without the root, two
+//!   days' ids cannot be linked, and with it only by whoever also has the
+//!   browser's address and user agent, which the server does not store (its
+//!   dedup index holds 128-bit fingerprints of (campaign, ad, id), for
+//!   `TTL` plus grace; a day key lives in memory only, for its day);
 //! * without the root, ids cannot be recomputed from guessed inputs (the
 //!   IPv4 space and common user agents are small enough to enumerate, which
 //!   is why the hash is keyed). The root and the day keys are never logged
