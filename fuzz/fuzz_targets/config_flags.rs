@@ -29,6 +29,12 @@ const FLAGS: &[&str] = &[
     "--batch-max-items",
     "--batch-max-bytes",
     "--pixel-cookie",
+    "--pixel-id",
+    "--pixel-cookie-max-age",
+    "--pixel-cookie-secure",
+    "--pixel-cookie-domain",
+    "--pixel-hash-secret",
+    "--trusted-proxies",
     "--storage",
     "--data-dir",
     "--fsync",
@@ -67,6 +73,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(engine.history_hours >= 25);
     let settings = config.api();
     assert!(settings.max_id_bytes >= 1 && settings.max_id_bytes <= 512);
+    // Whatever cookie name, domain and lifetime were accepted, the pixel's
+    // Set-Cookie for one of its ids is a valid header value.
+    let ids = impression_counter::pixel_id::PixelIds::new(settings.pixel.clone());
+    assert!(ids.set_cookie("0123456789abcdef0123456789abcdef").is_some());
     // Timeouts become deadlines (`Instant::now() + timeout`, as hyper and
     // tokio compute them): an accepted value must not overflow one.
     let now = std::time::Instant::now();

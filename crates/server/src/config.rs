@@ -17,15 +17,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use impression_core::{DedupScope, EngineConfig};
+use ipnet::IpNet;
 
 use crate::auth::KeySources;
 use crate::budget::{self, MemoryBudget, MemorySource, parse_size};
 use crate::bulk::Priority;
+use crate::client_addr::ClientAddrSettings;
 use crate::edge::EdgeSettings;
 use crate::ingest::{INGEST_GRACE, IngestSettings};
+use crate::pixel_id::{PixelIdMode, PixelSettings};
 use crate::routes::ApiSettings;
+pub use crate::secret::Secret;
 use crate::server::ConnectionLimits;
 use crate::storage::disk::{DiskOptions, FsyncPolicy};
 use crate::storage::redis::RedisOptions;
@@ -143,6 +147,15 @@ pub struct Config {
     /// `user_id`.
     #[arg(long, env = "PIXEL_COOKIE", default_value = "uid", value_parser = parse_cookie_name)]
     pub pixel_cookie: String,
+
+    /// The pixel's other settings: how it identifies browsers (`PIXEL_ID`,
+    /// `PIXEL_COOKIE_*`, `PIXEL_HASH_SECRET`).
+    #[command(flatten)]
+    pub pixel: PixelArgs,
+
+    /// Who the client is behind proxies (`TRUSTED_PROXIES`).
+    #[command(flatten)]
+    pub client_addr: ClientAddrArgs,
 
     /// Where state lives: `memory` (lost on exit), `disk` (durable log and
     /// snapshots in `DATA_DIR`) or `redis` (shared by many nodes).
@@ -299,6 +312,188 @@ pub struct Config {
     pub log_format: LogFormatArg,
 }
 
+/// Command-line flags and environment variables of the pixel's ids,
+/// flattened into [`Config`]; [`Config::pixel`] makes them the pixel's
+/// settings.
+#[derive(Clone, Debug, Args)]
+pub struct PixelArgs {
+    /// How the pixel identifies a browser that sends neither `user_id` nor
+    /// the cookie: `cookie` (a daily-keyed hash of its address, user agent
+    /// and the campaign, also set as the cookie), `hash` (that hash, no
+    /// cookie) or `off` (400).
+    #[arg(
+        long = "pixel-id",
+        env = "PIXEL_ID",
+        value_name = "MODE",
+        value_enum,
+        default_value_t = PixelIdArg::Cookie
+    )]
+    pub mode: PixelIdArg,
+
+    /// Lifetime of the id cookie (`Max-Age`); 1s ..= 400d.
+    #[arg(
+        long = "pixel-cookie-max-age",
+        env = "PIXEL_COOKIE_MAX_AGE",
+        value_name = "DURATION",
+        default_value = "365d",
+        value_parser = parse_max_age
+    )]
+    pub cookie_max_age: Duration,
+
+    /// Whether the id cookie is `SameSite=None; Secure` (sent on
+    /// third-party requests, over HTTPS only). `false`, for plain-HTTP
+    /// development, makes it `SameSite=Lax`: browsers refuse `SameSite=None`
+    /// without `Secure`, and a Lax cookie is sent only when the page and
+    /// the counter are the same site.
+    #[arg(
+        long = "pixel-cookie-secure",
+        env = "PIXEL_COOKIE_SECURE",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub cookie_secure: bool,
+
+    /// `Domain` of the id cookie (e.g. `counter.example`), to share it
+    /// with subdomains; unset, it belongs to the exact host that set it.
+    #[arg(
+        long = "pixel-cookie-domain",
+        env = "PIXEL_COOKIE_DOMAIN",
+        value_name = "DOMAIN",
+        value_parser = parse_domain
+    )]
+    pub cookie_domain: Option<String>,
+
+    /// Secret the hashed ids are derived from, with the UTC date; at least
+    /// 16 bytes, the same on every node. Unset: one is made once and kept
+    /// in the storage (`DATA_DIR`, Redis; memory: for the process).
+    #[arg(
+        long = "pixel-hash-secret",
+        env = "PIXEL_HASH_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        value_parser = SecretParser
+    )]
+    pub hash_secret: Option<Secret>,
+}
+
+/// `TRUSTED_PROXIES`, flattened into [`Config`]; [`Config::client_addr`]
+/// makes it [`ClientAddrSettings`].
+#[derive(Clone, Debug, Default, Args)]
+pub struct ClientAddrArgs {
+    /// Proxies (load balancers, CDNs) whose `X-Forwarded-For` is believed,
+    /// comma-separated addresses or CIDR blocks (`10.0.0.0/8,::1`). From
+    /// any other peer the header is ignored and the peer is the client.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_net
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Shortest `PIXEL_HASH_SECRET` accepted, in bytes.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// Browsers keep a cookie at most 400 days whatever it asks
+/// (RFC 6265bis; Chromium enforces it), so a longer `Max-Age` would only
+/// mislead.
+const MAX_COOKIE_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+
+fn parse_max_age(text: &str) -> Result<Duration, String> {
+    let age = parse_duration(text)?;
+    if age < Duration::from_secs(1) {
+        return Err("must be at least 1s (0 would delete the cookie it sets)".into());
+    }
+    if age > MAX_COOKIE_AGE {
+        return Err("must be at most 400d (browsers keep a cookie no longer)".into());
+    }
+    Ok(age)
+}
+
+/// A host name for `Domain`: letters, digits, `-` and `.`, a leading dot
+/// allowed (browsers ignore it).
+fn parse_domain(text: &str) -> Result<String, String> {
+    let domain = text.trim().to_ascii_lowercase();
+    let labels = domain.strip_prefix('.').unwrap_or(&domain);
+    let valid = !labels.is_empty()
+        && labels.len() <= 253
+        && labels.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(domain)
+    } else {
+        Err(format!(
+            "{text:?} is not a domain name like counter.example"
+        ))
+    }
+}
+
+/// Parses `PIXEL_HASH_SECRET`. Not a plain function parser: clap repeats
+/// a refused value in its message (`invalid value '...'`), and this one
+/// must never be printed, so its error is built here without it.
+#[derive(Clone, Copy, Debug)]
+struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let refuse = |why: &str| {
+            let name = arg.map_or_else(|| "the pixel hash secret".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("the value of {name} {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let Some(text) = value.to_str() else {
+            return Err(refuse("is not UTF-8"));
+        };
+        if text.len() < MIN_SECRET_BYTES {
+            return Err(refuse(&format!(
+                "must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        text.parse()
+            .map_err(|e: std::convert::Infallible| refuse(&e.to_string()))
+    }
+}
+
+pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr.to_canonical()));
+    }
+    text.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR block like 10.0.0.0/8"))
+}
+
+/// `PIXEL_ID` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PixelIdArg {
+    /// Mint the hashed id and offer it as a cookie; count under it.
+    #[default]
+    Cookie,
+    /// Count under the hashed id; never set a cookie.
+    Hash,
+    /// Refuse (400) a pixel without `user_id` or the cookie.
+    Off,
+}
+
 /// `DEDUP_SCOPE` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ScopeArg {
@@ -306,31 +501,6 @@ pub enum ScopeArg {
     Ad,
     /// One count per (campaign, user) per TTL.
     Campaign,
-}
-
-/// A configuration value that must never be printed (API keys).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret text.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
 }
 
 /// `STORAGE` values.
@@ -440,7 +610,8 @@ impl Config {
             max_event_age: self.max_event_age,
             batch_max_items: self.batch_max_items as usize,
             batch_max_bytes: usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX),
-            pixel_cookie: self.pixel_cookie.clone(),
+            pixel: self.pixel(),
+            client_addr: self.client_addr(),
             history: Duration::from_secs(self.engine().history_hours * 3600),
             max_id_bytes: usize::from(self.max_id_bytes),
             max_campaigns: self.max_campaigns,
@@ -476,6 +647,27 @@ impl Config {
                 ),
             },
         }
+    }
+
+    /// The pixel's settings: its cookie, how it identifies browsers.
+    pub fn pixel(&self) -> PixelSettings {
+        PixelSettings {
+            mode: match self.pixel.mode {
+                PixelIdArg::Cookie => PixelIdMode::Cookie,
+                PixelIdArg::Hash => PixelIdMode::Hash,
+                PixelIdArg::Off => PixelIdMode::Off,
+            },
+            cookie: self.pixel_cookie.clone(),
+            cookie_max_age: self.pixel.cookie_max_age,
+            cookie_secure: self.pixel.cookie_secure,
+            cookie_domain: self.pixel.cookie_domain.clone(),
+            hash_secret: self.pixel.hash_secret.clone(),
+        }
+    }
+
+    /// Who the client is behind proxies.
+    pub fn client_addr(&self) -> ClientAddrSettings {
+        ClientAddrSettings::new(self.client_addr.trusted_proxies.clone())
     }
 
     /// What the edge enforces before the router.

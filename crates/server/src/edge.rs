@@ -7,7 +7,10 @@
 //! default body limit, then the router; on the way out, CORS headers for
 //! tracking routes and the latency histogram. Each connection also gets an
 //! [`IdleWatch`], which closes it once it has waited `HEADER_READ_TIMEOUT`
-//! for a request.
+//! for a request. Requests the router serves carry the connection's peer
+//! address as axum's `ConnectInfo<SocketAddr>` extension (the pixel's
+//! hashed ids need the client's address); the single-impression route,
+//! called directly, never pays for it.
 //!
 //! Why one hand-written service around the router and not a layer each:
 //! axum boxes every route again for each `Router::layer` and clones the
@@ -32,6 +35,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
@@ -203,16 +207,17 @@ impl<R: EdgeRoutes> WithEdge<R> {
         WithEdge(Arc::new(Shared { edge, router }))
     }
 
-    /// The service for one new connection, and its idle watch.
+    /// The service for one new connection from `peer`, and its idle watch.
     ///
     /// hyper clones the service for every request, and a request's future
     /// must own what it uses. Cloning a handle shared by every connection
     /// would write its reference count from every core for every request,
     /// and that cache line would bounce between cores; a connection's own
     /// handle is only touched by the thread serving that connection.
-    pub fn connection(&self) -> (ConnectionService<R>, IdleWatch<R>) {
+    pub fn connection(&self, peer: SocketAddr) -> (ConnectionService<R>, IdleWatch<R>) {
         let conn = Arc::new(Connection {
             shared: Arc::clone(&self.0),
+            peer,
             opened: Instant::now(),
             idle_since: AtomicU64::new(0),
         });
@@ -223,6 +228,8 @@ impl<R: EdgeRoutes> WithEdge<R> {
 /// One connection's state.
 struct Connection<R> {
     shared: Arc<Shared<R>>,
+    /// The TCP peer: the client, or the proxy in front of it.
+    peer: SocketAddr,
     opened: Instant,
     /// Nanoseconds after `opened` when the connection last became idle (its
     /// last answer was ready), or [`BUSY`] while a request is served.
@@ -321,7 +328,7 @@ where
         conn.mark_busy();
         Box::pin(async move {
             let shared = &conn.shared;
-            let (response, finished) = shared.edge.serve(&shared.router, request).await;
+            let (response, finished) = shared.edge.serve(&shared.router, conn.peer, request).await;
             conn.mark_idle(finished);
             Ok(response)
         })
@@ -329,8 +336,14 @@ where
 }
 
 impl<R: EdgeRoutes> Edge<R> {
-    /// Serves one request; returns the answer and when it was ready.
-    async fn serve<B>(&self, router: &Router, request: Request<B>) -> (Response, Instant)
+    /// Serves one request from `peer`; returns the answer and when it was
+    /// ready.
+    async fn serve<B>(
+        &self,
+        router: &Router,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> (Response, Instant)
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -339,7 +352,7 @@ impl<R: EdgeRoutes> Edge<R> {
         let method = request.method().clone();
         let route = paths::route_of(request.uri().path());
         let (label, _) = self.metrics.request_route(route);
-        let response = self.handle(route, router, request).await;
+        let response = self.handle(route, router, peer, request).await;
         let finished = Instant::now();
         self.metrics.observe_request(
             label,
@@ -354,6 +367,7 @@ impl<R: EdgeRoutes> Edge<R> {
         &self,
         route: Option<&'static Route>,
         router: &Router,
+        peer: SocketAddr,
         request: Request<B>,
     ) -> Response
     where
@@ -419,6 +433,7 @@ impl<R: EdgeRoutes> Edge<R> {
                 request.map(Body::new)
             };
             self.body_limit.apply(&mut request);
+            request.extensions_mut().insert(ConnectInfo(peer));
             let Ok(response) = router.clone().call(request).await;
             response
         };

@@ -35,7 +35,7 @@ use tokio::sync::{Mutex, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{CountedBySource, IdSource, Metrics};
 use crate::storage::{Store, StoreError};
 use crate::telemetry::chain;
 
@@ -71,6 +71,9 @@ const MAX_JOBS_PER_TURN: usize = 64;
 struct Job {
     impressions: Vec<Impression>,
     completion: Option<Completion>,
+    /// Where the impressions' user ids came from, for the counted metric
+    /// (one per job: a request's ids all come from one place).
+    source: IdSource,
     /// Units of queue room the job holds, given back by the worker once a
     /// turn's jobs were applied.
     room: u32,
@@ -129,10 +132,23 @@ impl IngestQueue {
 
     /// Queues one request's impressions, waiting at most the enqueue timeout
     /// for room. `completion`, if given, is answered once they were applied.
+    /// Their user ids came in a JSON body ([`IdSource::Body`]).
     pub async fn submit(
         &self,
         impressions: Vec<Impression>,
         completion: Option<Completion>,
+    ) -> Result<(), SubmitError> {
+        self.submit_from(impressions, completion, IdSource::Body)
+            .await
+    }
+
+    /// [`IngestQueue::submit`], for impressions whose user ids came from
+    /// `source`.
+    pub async fn submit_from(
+        &self,
+        impressions: Vec<Impression>,
+        completion: Option<Completion>,
+        source: IdSource,
     ) -> Result<(), SubmitError> {
         let wanted = u32::try_from(impressions.len())
             .unwrap_or(u32::MAX)
@@ -157,6 +173,7 @@ impl IngestQueue {
             .send(Job {
                 impressions,
                 completion,
+                source,
                 room: wanted,
             })
             .map_err(|e| {
@@ -327,19 +344,32 @@ async fn apply_jobs(ctx: &WorkerContext, jobs: &mut Vec<Job>) {
     }
     drop(all);
 
-    let mut outcomes = outcomes.into_iter();
+    // Each job's outcomes are a slice of the turn's, in job order; a job
+    // the failure cut short has fewer than its length. Its counted ones
+    // were counted all the same, so they are tallied whatever the answer.
+    let mut counted = CountedBySource::default();
+    let mut at = 0;
     let mut failed = false;
     for (job, len) in jobs.drain(..).zip(lengths) {
-        failed = failed || outcomes.len() < len;
-        let answer = match &failure {
-            Some(e) if failed => Err(e.clone()),
-            _ => Ok(outcomes.by_ref().take(len).collect()),
-        };
+        let end = (at + len).min(outcomes.len());
+        let applied = outcomes.get(at..end).unwrap_or_default();
+        at = end;
+        let n = applied
+            .iter()
+            .filter(|o| **o == TrackOutcome::Counted)
+            .count();
+        counted.add(job.source, n as u64);
+        failed = failed || applied.len() < len;
         if let Some(completion) = job.completion {
+            let answer = match &failure {
+                Some(e) if failed => Err(e.clone()),
+                _ => Ok(applied.to_vec()),
+            };
             // The waiter may have gone (client disconnected): fine.
             let _ = completion.send(answer);
         }
     }
+    ctx.metrics.impressions_counted(&counted);
 }
 
 /// Runs the store's housekeeping about once a second until `stop`.

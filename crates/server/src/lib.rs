@@ -17,16 +17,21 @@
 //!   embedded engine.
 //! * [`auth`]: API keys for the management endpoints.
 //! * [`budget`]: the memory budget (`MEMORY_LIMIT`) and its check.
+//! * [`pixel_id`]: the pixel's user ids for browsers that bring none
+//!   (minted cookie, daily-keyed hash).
+//! * [`client_addr`]: the client's address, through trusted proxies.
 //! * [`edge`]: the one middleware for limits, CORS and request metrics.
 //! * [`limits`]: the deadline on reading request bodies.
 //! * [`server`]: the accept loop, connection limits and graceful shutdown.
 //! * [`metrics`]: Prometheus counters, gauges and latency histograms.
 //! * [`openapi`]: the generated OpenAPI spec and the offline docs page.
-//! * [`telemetry`], [`shutdown`], [`timefmt`]: logs, signals, RFC 3339.
+//! * [`telemetry`], [`shutdown`], [`timefmt`], [`secret`]: logs, signals,
+//!   time text, values never printed.
 
 pub mod auth;
 pub mod budget;
 pub mod bulk;
+pub mod client_addr;
 pub mod config;
 pub mod edge;
 pub mod error;
@@ -37,7 +42,9 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;
+pub mod pixel_id;
 pub mod routes;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod startup;

@@ -82,7 +82,7 @@ pub async fn serve<R: EdgeRoutes>(
         let io = TokioIo::new(stream);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let (service, idle) = app.connection();
+                let (service, idle) = app.connection(peer);
                 let conn =
                     graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
                 let idle = idle.spawn(limits.header_read_timeout);

@@ -7,8 +7,12 @@
 //!   valid or not;
 //! * `impressions_rejected_total{reason}`: refused before counting (`invalid`,
 //!   `unknown_campaign`, `not_started`, `queue_full`, `unavailable`);
-//! * `impressions_counted_total`, `impressions_duplicate_total`: decided by
-//!   the dedup rule;
+//! * `impressions_counted_total{id_source}`, `impressions_duplicate_total`:
+//!   decided by the dedup rule; counted impressions by where their user id
+//!   came from ([`IdSource`]: `body` for the JSON endpoints; for the pixel
+//!   `url`, `cookie`, `minted` or `hash`), so operators see how much of the
+//!   count rests on ids the service made up. The sum over `id_source` is
+//!   the total counted;
 //! * `ingest_queue_depth`, `dedup_live_keys`, `campaigns`: gauges read at
 //!   scrape time;
 //! * `memory_state_bytes{kind}` (`dedup`, `counters`, `sketches`,
@@ -73,6 +77,71 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// Where the user id of an impression came from: the `id_source` label of
+/// `impressions_counted_total`. Travels with a request's impressions
+/// through the ingest queue (one per job), since whether they counted is
+/// only known once a worker applied them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IdSource {
+    /// The JSON body of `POST /api/v1/impressions` or of a batch.
+    #[default]
+    Body,
+    /// The pixel's `user_id` URL parameter.
+    Url,
+    /// The pixel's id cookie, as the browser sent it back.
+    Cookie,
+    /// Made by the pixel (`PIXEL_ID=cookie`) for a browser without the
+    /// cookie, and offered to it in `Set-Cookie`.
+    Minted,
+    /// Derived by the pixel (`PIXEL_ID=hash`) from the client's address,
+    /// user agent and the campaign; no cookie.
+    Hash,
+}
+
+impl IdSource {
+    /// Every source, in label order.
+    pub const ALL: [IdSource; 5] = [
+        IdSource::Body,
+        IdSource::Url,
+        IdSource::Cookie,
+        IdSource::Minted,
+        IdSource::Hash,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IdSource::Body => "body",
+            IdSource::Url => "url",
+            IdSource::Cookie => "cookie",
+            IdSource::Minted => "minted",
+            IdSource::Hash => "hash",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdSourceLabel {
+    id_source: &'static str,
+}
+
+/// Counted impressions of a worker's turn, by [`IdSource`]; published with
+/// [`Metrics::impressions_counted`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountedBySource([u64; IdSource::ALL.len()]);
+
+impl CountedBySource {
+    /// Adds `n` counted impressions from `source`.
+    pub fn add(&mut self, source: IdSource, n: u64) {
+        self.0[source as usize] += n;
+    }
+
+    /// The count for `source`.
+    pub fn get(&self, source: IdSource) -> u64 {
+        self.0[source as usize]
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -110,7 +179,11 @@ pub struct Metrics {
     /// Striped: incremented by every track request, on every core.
     received: Arc<StripedCounter>,
     rejected: Family<ReasonLabel, Counter>,
-    counted: Counter,
+    /// The children of `impressions_counted_total{id_source}`, indexed by
+    /// [`IdSource`], so a worker's increment is one atomic add rather than
+    /// a lookup in the family's map.
+    counted: [Counter; IdSource::ALL.len()],
+    counted_family: Family<IdSourceLabel, Counter>,
     duplicates: Counter,
     apply_failures: Counter,
     batch_size: Arc<StripedHistogram>,
@@ -135,7 +208,8 @@ impl Metrics {
             registry: Registry::default(),
             received: Arc::new(StripedCounter::default()),
             rejected: Family::default(),
-            counted: Counter::default(),
+            counted: Default::default(),
+            counted_family: Family::default(),
             duplicates: Counter::default(),
             apply_failures: Counter::default(),
             batch_size: Arc::new(StripedHistogram::new(BATCH_BOUNDS)),
@@ -161,10 +235,19 @@ impl Metrics {
             "Impressions refused before counting, by reason",
             m.rejected.clone(),
         );
+        // Every label exists from the start (at 0), so a dashboard's rate
+        // of `minted` is 0 rather than missing before the first one.
+        let counted = IdSource::ALL.map(|source| {
+            m.counted_family
+                .get_or_create(&IdSourceLabel {
+                    id_source: source.as_str(),
+                })
+                .clone()
+        });
         registry.register(
             "impressions_counted",
-            "Impressions counted",
-            m.counted.clone(),
+            "Impressions counted, by where their user id came from",
+            m.counted_family.clone(),
         );
         registry.register(
             "impressions_duplicate",
@@ -203,7 +286,11 @@ impl Metrics {
             m.memory_limit.clone(),
         );
         registry.register_collector(Box::new(Arc::clone(&m.requests)));
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            counted,
+            ..m
+        }
     }
 
     /// One impression arrived at a track endpoint.
@@ -229,12 +316,14 @@ impl Metrics {
             .inc_by(n as u64);
     }
 
-    /// A worker applied a batch with these outcomes.
+    /// A worker applied a batch with these outcomes. Counted impressions
+    /// are published per turn with [`Metrics::impressions_counted`], which
+    /// knows each job's id source.
     pub fn batch_applied(&self, outcomes: &[TrackOutcome]) {
-        let (mut counted, mut duplicates) = (0, 0);
+        let mut duplicates = 0;
         for outcome in outcomes {
             match outcome {
-                TrackOutcome::Counted => counted += 1,
+                TrackOutcome::Counted => {}
                 TrackOutcome::Duplicate => duplicates += 1,
                 TrackOutcome::Rejected(r) => self.impression_rejected(match r {
                     impression_core::Rejection::UnknownCampaign => RejectReason::UnknownCampaign,
@@ -242,9 +331,17 @@ impl Metrics {
                 }),
             }
         }
-        self.counted.inc_by(counted);
         self.duplicates.inc_by(duplicates);
         self.batch_size.observe(outcomes.len() as f64);
+    }
+
+    /// A worker's turn counted these impressions.
+    pub fn impressions_counted(&self, by_source: &CountedBySource) {
+        for (counter, &n) in self.counted.iter().zip(&by_source.0) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
     }
 
     /// A worker failed to apply a batch of `size` impressions.
@@ -298,4 +395,38 @@ impl Metrics {
 
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_impressions_are_labelled_by_id_source() {
+        let m = Metrics::new();
+        let text = m.render(0, StoreGauges::default(), StateBytes::default(), None);
+        for source in IdSource::ALL {
+            let line = format!(
+                "impressions_counted_total{{id_source=\"{}\"}} 0",
+                source.as_str()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        let mut tally = CountedBySource::default();
+        tally.add(IdSource::Minted, 2);
+        tally.add(IdSource::Body, 5);
+        tally.add(IdSource::Minted, 1);
+        assert_eq!(tally.get(IdSource::Minted), 3);
+        m.impressions_counted(&tally);
+        m.batch_applied(&[TrackOutcome::Counted, TrackOutcome::Duplicate]);
+        let text = m.render(0, StoreGauges::default(), StateBytes::default(), None);
+        for line in [
+            r#"impressions_counted_total{id_source="minted"} 3"#,
+            r#"impressions_counted_total{id_source="body"} 5"#,
+            r#"impressions_counted_total{id_source="hash"} 0"#,
+            "impressions_duplicate_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
 }

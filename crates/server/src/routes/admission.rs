@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::AppState;
 use crate::budget;
 use crate::error::ApiError;
-use crate::metrics::RejectReason;
+use crate::metrics::{IdSource, RejectReason};
 use crate::timefmt::{format_rfc3339, parse_rfc3339};
 
 /// An event time as a client may send it.
@@ -230,12 +230,24 @@ pub async fn enqueue(
     impressions: Vec<Impression>,
     wait: bool,
 ) -> Result<Option<Vec<TrackOutcome>>, ApiError> {
+    enqueue_from(app, impressions, wait, IdSource::Body).await
+}
+
+/// [`enqueue`], for impressions whose user ids came from `source`.
+pub async fn enqueue_from(
+    app: &AppState,
+    impressions: Vec<Impression>,
+    wait: bool,
+    source: IdSource,
+) -> Result<Option<Vec<TrackOutcome>>, ApiError> {
     if !(wait || app.store.acknowledges_after_apply()) {
-        app.queue.submit(impressions, None).await?;
+        app.queue.submit_from(impressions, None, source).await?;
         return Ok(None);
     }
     let (completion, processed) = oneshot::channel();
-    app.queue.submit(impressions, Some(completion)).await?;
+    app.queue
+        .submit_from(impressions, Some(completion), source)
+        .await?;
     let outcomes = processed
         .await
         .map_err(|_| ApiError::Unavailable("the service stopped before processing".into()))??;

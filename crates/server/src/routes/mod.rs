@@ -36,10 +36,12 @@ use impression_core::{CampaignId, Clock};
 
 use crate::auth::{self, ApiKeys};
 use crate::budget::{MemoryBudget, StateBytes};
+use crate::client_addr::ClientAddrSettings;
 use crate::error::ApiError;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::paths;
+use crate::pixel_id::{PixelIds, PixelSettings};
 use crate::storage::Store;
 
 /// What the handlers enforce, from the configuration. (Limits on
@@ -55,8 +57,11 @@ pub struct ApiSettings {
     pub batch_max_items: usize,
     /// Largest batch body in bytes.
     pub batch_max_bytes: usize,
-    /// Cookie the pixel reads the user id from.
-    pub pixel_cookie: String,
+    /// How the pixel identifies browsers: its cookie, `PIXEL_ID` mode,
+    /// hash secret.
+    pub pixel: PixelSettings,
+    /// Who the client is behind proxies.
+    pub client_addr: ClientAddrSettings,
     /// Hourly history kept, bounding `timeseries?resolution=hour`.
     pub history: Duration,
     /// Longest user or ad id accepted, in bytes.
@@ -90,6 +95,9 @@ pub struct AppInner {
     pub settings: ApiSettings,
     /// Keys for the management endpoints.
     pub api_keys: Arc<ApiKeys>,
+    /// The pixel's user ids for browsers that bring none (and the keys
+    /// they are derived with).
+    pub pixel_ids: PixelIds,
     /// Unique in the process, so per-thread caches keep applications apart.
     id: u64,
     shutting_down: AtomicBool,
@@ -105,6 +113,7 @@ impl AppState {
         settings: ApiSettings,
         api_keys: Arc<ApiKeys>,
     ) -> Self {
+        let pixel_ids = PixelIds::new(settings.pixel.clone());
         AppState(Arc::new(AppInner {
             store,
             clock,
@@ -112,6 +121,7 @@ impl AppState {
             metrics,
             settings,
             api_keys,
+            pixel_ids,
             id: NEXT_APP_ID.fetch_add(1, Ordering::Relaxed),
             shutting_down: AtomicBool::new(false),
         }))

@@ -6,18 +6,30 @@
 //! refused impression gets the matching 4xx/503 status with the reason in
 //! the `X-Impression-Error` header. Nothing may cache it, or a repeat view
 //! would never reach the server.
+//!
+//! The user id is, in order: `user_id` in the URL, the `PIXEL_COOKIE`
+//! cookie, or, for a browser that brings neither, one made up as
+//! `PIXEL_ID` says ([`crate::pixel_id`]): the daily hashed id, offered back
+//! as the cookie in `cookie` mode. A cookie is a client-supplied id like
+//! any other (same limits, same 400s); it is set only on a 200.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use impression_core::{CampaignId, Timestamp};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::admission::{Admission, EventTime, enqueue, reject_reason};
+use super::admission::{Admission, EventTime, enqueue_from, reject_reason};
 use crate::error::ApiError;
+use crate::metrics::IdSource;
 use crate::paths;
+use crate::pixel_id::PixelIdMode;
 
 /// A 1x1 transparent GIF (`GIF89a`, 43 bytes).
 pub const TRANSPARENT_GIF: &[u8] = &[
@@ -46,7 +58,9 @@ pub struct PixelParams {
     #[param(required = true, min_length = 1, max_length = 512)]
     pub ad_id: Option<String>,
     /// The viewer; 1..=512 bytes. When absent, read from the `uid` cookie
-    /// (name set by `PIXEL_COOKIE`).
+    /// (name set by `PIXEL_COOKIE`); without that either, the pixel makes
+    /// one up as `PIXEL_ID` says (default: a daily hashed id, also set as
+    /// the cookie).
     #[param(min_length = 1, max_length = 512)]
     pub user_id: Option<String>,
     /// When the impression happened: Unix milliseconds or RFC 3339.
@@ -60,7 +74,10 @@ pub struct PixelParams {
     tag = "impressions",
     params(PixelParams),
     responses(
-        (status = 200, description = "Validated and queued", content_type = "image/gif", body = Gif),
+        (status = 200, description = "Validated and queued", content_type = "image/gif", body = Gif,
+            headers(("Set-Cookie" = String,
+                description = "With PIXEL_ID=cookie, when the request had neither user_id nor the cookie: \
+                               the id it was counted under"))),
         (status = 400, description = "Invalid or missing parameter (reason in X-Impression-Error)",
             content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
         (status = 404, description = "No such campaign (reason in X-Impression-Error)",
@@ -76,6 +93,7 @@ pub struct PixelParams {
 )]
 pub async fn track_pixel(
     State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<PixelParams>, QueryRejection>,
 ) -> Response {
@@ -85,33 +103,105 @@ pub async fn track_pixel(
         let Query(params) = query.map_err(ApiError::from)?;
         let campaign_id = required(params.campaign_id, "campaign_id")?;
         let ad_id = required(params.ad_id, "ad_id")?;
-        let user_id = match params.user_id {
-            Some(user) => user,
-            None => cookie(&headers, &app.settings.pixel_cookie).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "user_id is missing: pass it in the URL or the `{}` cookie",
-                    app.settings.pixel_cookie
-                ))
-            })?,
-        };
+        let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+        let viewer = identify(
+            &app,
+            params.user_id,
+            &campaign_id,
+            &headers,
+            peer,
+            received_at,
+        )
+        .await?;
         let impression = Admission::new(&app, received_at)
             .admit(
                 &campaign_id,
                 ad_id,
-                user_id,
+                viewer.user_id,
                 params.ts.as_deref().map(EventTime::RfcOrUnixMillis),
             )
             .await?;
-        enqueue(&app, vec![impression], false).await
+        enqueue_from(&app, vec![impression], false, viewer.source).await?;
+        Ok::<_, ApiError>(viewer.set_cookie)
     }
     .await;
     match result {
-        Ok(_) => gif(StatusCode::OK, None),
+        Ok(set_cookie) => {
+            let mut response = gif(StatusCode::OK, None);
+            if let Some(cookie) = set_cookie {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            response
+        }
         Err(e) => {
             app.metrics.impression_rejected(reject_reason(&e));
             gif(e.status(), Some(&e.to_string()))
         }
     }
+}
+
+/// Who viewed the ad, and what to tell the browser.
+struct Viewer {
+    user_id: String,
+    source: IdSource,
+    /// The id cookie to set, for an id minted in `cookie` mode.
+    set_cookie: Option<HeaderValue>,
+}
+
+/// The viewer's id: from the URL, the cookie, or made up as `PIXEL_ID`
+/// says.
+async fn identify(
+    app: &AppState,
+    from_url: Option<String>,
+    campaign_id: &str,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    received_at: Timestamp,
+) -> Result<Viewer, ApiError> {
+    let ids = &app.pixel_ids;
+    let settings = ids.settings();
+    let given = |user_id, source| Viewer {
+        user_id,
+        source,
+        set_cookie: None,
+    };
+    if let Some(user_id) = from_url {
+        return Ok(given(user_id, IdSource::Url));
+    }
+    if let Some(user_id) = cookie(headers, &settings.cookie) {
+        return Ok(given(user_id, IdSource::Cookie));
+    }
+    if settings.mode == PixelIdMode::Off {
+        return Err(ApiError::BadRequest(format!(
+            "user_id is missing: pass it in the URL or the `{}` cookie",
+            settings.cookie
+        )));
+    }
+    let campaign: CampaignId = campaign_id.parse()?;
+    // Only the router path lacks a peer (tests calling it without the
+    // edge); such requests share the unspecified address.
+    let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let client = app.settings.client_addr.client_ip(peer, headers);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    let user_id = ids
+        .hashed_id(
+            app.store.as_ref(),
+            received_at,
+            client,
+            user_agent,
+            campaign,
+        )
+        .await?;
+    Ok(match settings.mode {
+        PixelIdMode::Cookie => Viewer {
+            set_cookie: ids.set_cookie(&user_id),
+            user_id,
+            source: IdSource::Minted,
+        },
+        _ => given(user_id, IdSource::Hash),
+    })
 }
 
 fn required(value: Option<String>, name: &str) -> Result<String, ApiError> {

@@ -4,7 +4,7 @@
 //! few microseconds per batch, so they run inline on the calling task, but
 //! for large batches, which go to the [bulk] threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use impression_core::{
@@ -12,12 +12,14 @@ use impression_core::{
     Stats, Timestamp, TrackOutcome,
 };
 
-use super::{Store, StoreError, StoreGauges};
+use super::{HashSecret, Store, StoreError, StoreGauges};
 use crate::bulk::{self, Bulk};
 
 /// The embedded engine, shared by every handler and worker.
 pub struct MemoryStore {
     engine: Engine,
+    /// Kept like everything else here: until the process exits.
+    id_secret: OnceLock<HashSecret>,
 }
 
 impl MemoryStore {
@@ -25,6 +27,7 @@ impl MemoryStore {
     pub fn new(config: EngineConfig) -> Self {
         MemoryStore {
             engine: Engine::new(config),
+            id_secret: OnceLock::new(),
         }
     }
 
@@ -124,6 +127,10 @@ impl Store for MemoryStore {
 
     fn would_count(&self, impression: &Impression, now: Timestamp) -> bool {
         self.engine.would_count(impression, now)
+    }
+
+    async fn pixel_id_secret(&self) -> Result<HashSecret, StoreError> {
+        HashSecret::kept_in(&self.id_secret)
     }
 
     fn gauges(&self) -> StoreGauges {

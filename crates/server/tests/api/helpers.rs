@@ -325,6 +325,23 @@ impl Store for GatedStore {
     }
 }
 
+/// `impressions_counted_total` summed over its `id_source` label: every
+/// impression counted, whatever its id came from.
+pub fn counted_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("impressions_counted_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// One sample of the metrics text (`name{labels} value`), if present.
+pub fn metric(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Polls `check` until it returns true, failing after `within`.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F)
 where

@@ -7,6 +7,7 @@
 mod backends;
 mod batch;
 mod breakdowns;
+mod browser;
 mod campaigns;
 mod cases;
 mod concurrency;
@@ -20,6 +21,8 @@ mod memory;
 mod model;
 mod operations;
 mod pixel;
+mod pixel_browser;
+mod pixel_ids;
 #[cfg(target_os = "linux")]
 mod priorities;
 mod process;

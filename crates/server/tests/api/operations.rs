@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{counted_total, spawn_app};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -39,7 +39,7 @@ async fn metrics_count_what_happened() {
     let text = response.text().await.unwrap();
     for line in [
         "impressions_received_total 4",
-        "impressions_counted_total 1",
+        r#"impressions_counted_total{id_source="body"} 1"#,
         "impressions_duplicate_total 1",
         r#"impressions_rejected_total{reason="unknown_campaign"} 1"#,
         r#"impressions_rejected_total{reason="invalid"} 1"#,
@@ -52,6 +52,8 @@ async fn metrics_count_what_happened() {
             "missing `{line}` in:\n{text}"
         );
     }
+    // What the unlabelled total used to say: one counted in all.
+    assert_eq!(counted_total(&text), 1, "{text}");
     assert!(
         text.contains(r#"http_request_duration_seconds_count{method="POST",route="/api/v1/impressions",status="200"} 2"#),
         "{text}"

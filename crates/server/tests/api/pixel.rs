@@ -69,16 +69,23 @@ async fn the_user_id_comes_from_the_cookie_when_absent() {
     })
     .await;
     assert_eq!(app.track_and_wait(&c, "v-42", "a").await, "duplicate");
-    // No user id anywhere: 400, still a GIF.
-    let error = assert_gif(
-        pixel(&app, &q, Some("uid=wrong-cookie")).await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+}
+
+#[tokio::test]
+async fn with_pixel_id_off_a_missing_user_id_is_refused() {
+    let app = spawn_app_with(&["--pixel-cookie", "visitor", "--pixel-id", "off"]).await;
+    let c = app.create_campaign("c").await;
+    let q = format!("campaign_id={c}&ad_id=a");
+    // No user id anywhere: 400, still a GIF, and no cookie offered.
+    let response = pixel(&app, &q, Some("uid=wrong-cookie")).await;
+    assert!(response.headers().get("set-cookie").is_none());
+    let error = assert_gif(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(
         error.as_deref(),
         Some("user_id is missing: pass it in the URL or the `visitor` cookie")
     );
+    // The cookie still works.
+    assert_gif(pixel(&app, &q, Some("visitor=v-1")).await, StatusCode::OK).await;
 }
 
 #[tokio::test]

@@ -128,7 +128,7 @@ async fn the_edge_and_the_router_answer_the_hot_route_alike() {
         ("", "application/json", String::new()),
     ];
     let edge = startup::app(state.clone(), &config.edge());
-    let (mut direct, _idle) = edge.connection();
+    let (mut direct, _idle) = edge.connection("127.0.0.1:9".parse().unwrap());
     let mut statuses = BTreeSet::new();
     for (n, (query, content_type, body)) in cases.iter().enumerate() {
         let request = |user: &str| {

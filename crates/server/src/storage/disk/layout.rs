@@ -4,7 +4,8 @@
 //! DATA_DIR/LOCK                   held (flock) by the running process
 //! DATA_DIR/wal-00000007.log       log segment 7
 //! DATA_DIR/snapshot-00000007.snap state before segment 7 (segments 0..=6 folded in)
-//! DATA_DIR/*.tmp                  an unfinished snapshot (deleted on start)
+//! DATA_DIR/*.tmp                  an unfinished snapshot or secret (deleted on start)
+//! DATA_DIR/pixel-id.secret        the pixel id secret, once made (secret.rs)
 //! ```
 //!
 //! The state is the newest snapshot plus every segment numbered at or after

@@ -35,6 +35,7 @@ mod layout;
 mod log;
 pub(crate) mod record;
 mod recovery;
+mod secret;
 mod snapshot;
 mod sync;
 
@@ -48,11 +49,13 @@ use impression_core::{
     Resolution, Stats, Timestamp, TrackOutcome,
 };
 
+use parking_lot::Mutex;
+
 use self::compaction::Compactor;
 use self::frame::ReadError;
 use self::log::{Closed, Log, LogError};
 use super::memory::MemoryStore;
-use super::{Store, StoreError, StoreGauges};
+use super::{HashSecret, Store, StoreError, StoreGauges};
 use crate::bulk::{self, Bulk};
 
 /// Why the data directory could not be used.
@@ -138,6 +141,10 @@ pub struct DiskStore {
     log: Log,
     compactor: Compactor,
     clock: Arc<dyn Clock>,
+    /// The data directory.
+    dir: PathBuf,
+    /// The pixel id secret, once read or made (see `secret.rs`).
+    id_secret: Mutex<Option<HashSecret>>,
     /// Held for the life of the store: the directory's lock.
     _lock: File,
 }
@@ -176,6 +183,8 @@ impl DiskStore {
             memory,
             log,
             clock,
+            dir: dir.to_owned(),
+            id_secret: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -348,6 +357,20 @@ impl Store for DiskStore {
 
     fn gauges(&self) -> StoreGauges {
         self.memory.gauges()
+    }
+
+    /// Read from (or made once into) `DATA_DIR/pixel-id.secret`. The file
+    /// is a few bytes and touched once per process, so it is read inline,
+    /// under the mutex that keeps two first callers from making two.
+    async fn pixel_id_secret(&self) -> Result<HashSecret, StoreError> {
+        let mut kept = self.id_secret.lock();
+        if let Some(secret) = kept.as_ref() {
+            return Ok(secret.clone());
+        }
+        let secret = secret::load_or_create(&self.dir)
+            .map_err(|e| StoreError::unavailable_by("cannot keep the pixel id secret", e))?;
+        *kept = Some(secret.clone());
+        Ok(secret)
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -4,6 +4,8 @@
 //! (`{...}`), so the tag alone decides its cluster slot:
 //!
 //! * `<prefix>campaigns`: the campaign index (one sorted set, no tag).
+//! * `<prefix>pixel-id-secret`: the pixel id secret (a string, no tag, no
+//!   expiry), set once by whichever node needs it first.
 //! * `<prefix>{c<uuid>}:...`: everything counted for one campaign (totals,
 //!   ad membership, second/minute/hour buckets, step-2 markers). One slot
 //!   per campaign, so counting a campaign's impressions and reading its
@@ -56,6 +58,11 @@ impl KeySpace {
     /// The campaign index.
     pub fn campaigns(&self) -> String {
         format!("{}campaigns", self.prefix)
+    }
+
+    /// The pixel id secret.
+    pub fn pixel_id_secret(&self) -> String {
+        format!("{}pixel-id-secret", self.prefix)
     }
 
     /// The base every key of a campaign starts with (not a key itself).

@@ -69,7 +69,7 @@ use redis::{Script, Value};
 use self::campaigns::{Cached, CampaignCache};
 use self::conn::{Conn, bounded};
 use self::keys::KeySpace;
-use super::{Store, StoreError, StoreGauges};
+use super::{HashSecret, Store, StoreError, StoreGauges};
 use crate::telemetry::chain;
 
 /// Where the Redis backend connects, and its key prefix.
@@ -531,6 +531,35 @@ impl Store for RedisStore {
     fn acknowledges_after_apply(&self) -> bool {
         // A 202 only once the chunk is in Redis: never one that is lost.
         true
+    }
+
+    /// `SET NX` a fresh secret, then `GET` whichever won: every node that
+    /// races to make one ends up with the first. The caller keeps it, so
+    /// this runs once per node. Replies never carry it into an error.
+    async fn pixel_id_secret(&self) -> Result<HashSecret, StoreError> {
+        let key = self.keys.pixel_id_secret();
+        let fresh = HashSecret::generate()?;
+        bounded(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(fresh.to_hex())
+                .arg("NX")
+                .query_async::<Value>(&mut self.conn.clone()),
+        )
+        .await?;
+        let kept: Option<String> = bounded(
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut self.conn.clone()),
+        )
+        .await?;
+        kept.as_deref()
+            .and_then(HashSecret::from_hex)
+            .ok_or_else(|| {
+                StoreError::internal(format!(
+                    "Redis key {key} does not hold a pixel id secret (64 hex digits)"
+                ))
+            })
     }
 
     fn gauges(&self) -> StoreGauges {
