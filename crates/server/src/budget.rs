@@ -38,33 +38,37 @@ pub struct StateBytes {
     pub campaigns: usize,
     /// Impressions queued for the workers.
     pub queue: usize,
+    /// Clients tracked by the rate limit.
+    pub clients: usize,
 }
 
 impl StateBytes {
-    /// The store's state and the queue's.
-    pub fn new(store: MemoryUse, queue: usize) -> Self {
+    /// The store's state, the queue's and the rate limit's.
+    pub fn new(store: MemoryUse, queue: usize, clients: usize) -> Self {
         StateBytes {
             dedup: store.dedup,
             counters: store.counters,
             sketches: 0,
             campaigns: store.campaigns,
             queue,
+            clients,
         }
     }
 
     /// All of it.
     pub fn total(&self) -> usize {
-        self.dedup + self.counters + self.sketches + self.campaigns + self.queue
+        self.dedup + self.counters + self.sketches + self.campaigns + self.queue + self.clients
     }
 
     /// Each kind with its label.
-    pub fn by_kind(&self) -> [(&'static str, usize); 5] {
+    pub fn by_kind(&self) -> [(&'static str, usize); 6] {
         [
             ("dedup", self.dedup),
             ("counters", self.counters),
             ("sketches", self.sketches),
             ("campaigns", self.campaigns),
             ("queue", self.queue),
+            ("clients", self.clients),
         ]
     }
 }
@@ -108,7 +112,8 @@ impl MemoryBudget {
     }
 }
 
-/// Watches the state's size once a second until `stop`: logs a warning
+/// Watches the state's size once a second until `stop` (`measure` is
+/// called on every tick, also without a limit): logs a warning
 /// when it passes 90% of the limit, and again at the limit, and a note when
 /// it falls back under 80% (so a size hovering at a threshold does not log
 /// every second).
@@ -118,9 +123,7 @@ pub fn spawn_watch(
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(limit) = budget.limit() else {
-            return;
-        };
+        let limit = budget.limit();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut level = Level::Normal;
@@ -130,6 +133,9 @@ pub fn spawn_watch(
                 _ = tick.tick() => {}
             }
             let used = measure();
+            let Some(limit) = limit else {
+                continue;
+            };
             let next = Level::of(used, limit, level);
             if next != level {
                 let (used_h, limit_h) = (human(used as u64), human(limit as u64));

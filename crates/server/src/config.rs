@@ -266,6 +266,16 @@ pub struct Config {
     #[arg(long, env = "MEMORY_LIMIT", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
 
+    /// Most impressions per second per client address on the tracking
+    /// endpoints (the client through `TRUSTED_PROXIES`); beyond it 429 with
+    /// `Retry-After`. Unset: no limit.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_PER_CLIENT",
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
+    pub rate_limit_per_client: Option<u32>,
+
     /// Most live duplicate-detection keys (embedded and disk stores); at the
     /// limit, impressions that would add a key are refused with 503 rather
     /// than let memory grow until the process is killed. Unset: unlimited.
@@ -617,6 +627,7 @@ impl Config {
             max_campaigns: self.max_campaigns,
             max_dedup_keys: self.max_dedup_keys,
             budget: self.memory_budget().0,
+            rate_limit_per_client: self.rate_limit_per_client,
         }
     }
 

@@ -77,7 +77,11 @@ pub trait EdgeRoutes: Send + Sync + 'static {
     /// for it would (the edge calls it directly: matching the hot route in
     /// the router cost about a tenth of a single-impression request). The
     /// body already carries the edge's limit and deadline.
-    fn track(&self, request: Request<Body>) -> impl Future<Output = Response> + Send + '_;
+    fn track(
+        &self,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response> + Send + '_;
 
     /// The answer to a request on `route` that the edge refused (headers too
     /// large, load shed). The JSON error, unless a route must answer in its
@@ -425,7 +429,7 @@ impl<R: EdgeRoutes> Edge<R> {
                 request.map(Body::new)
             };
             // The hot route, called directly (see `EdgeRoutes::track`).
-            self.routes.track(request).await
+            self.routes.track(request, peer).await
         } else {
             let mut request = if has_body {
                 request.map(|body| Body::new(DeadlineBody::new(body, timeout)))

@@ -83,6 +83,14 @@ pub enum ApiError {
     /// The impression would add state past the memory limit.
     #[error("{0}")]
     MemoryLimit(String),
+    /// The client sent more than `RATE_LIMIT_PER_CLIENT` allows.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What happened, for a human.
+        message: String,
+        /// Seconds until the client may send again.
+        retry_after: u64,
+    },
     /// A bug or backend fault. The cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
@@ -110,17 +118,20 @@ impl ApiError {
             ApiError::QueueFull | ApiError::Unavailable(_) | ApiError::MemoryLimit(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl ApiError {
-    /// `Retry-After` for a 503: a second, or five at the memory limit, where
-    /// room comes back only as older state expires.
+    /// `Retry-After` for a 503 or 429: a second, five at the memory limit
+    /// (room comes back only as older state expires), and for a rate limit
+    /// the seconds the client owes.
     pub fn retry_after(&self) -> HeaderValue {
         match self {
             ApiError::MemoryLimit(_) => HeaderValue::from_static("5"),
+            ApiError::TooManyRequests { retry_after, .. } => HeaderValue::from(*retry_after),
             _ => HeaderValue::from_static("1"),
         }
     }
@@ -137,7 +148,7 @@ impl IntoResponse for ApiError {
             code: status.as_u16(),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, self.retry_after());

@@ -20,6 +20,7 @@
 //! * [`pixel_id`]: the pixel's user ids for browsers that bring none
 //!   (minted cookie, daily-keyed hash).
 //! * [`client_addr`]: the client's address, through trusted proxies.
+//! * [`rate_limit`]: the per-client rate limit on the tracking endpoints.
 //! * [`edge`]: the one middleware for limits, CORS and request metrics.
 //! * [`limits`]: the deadline on reading request bodies.
 //! * [`server`]: the accept loop, connection limits and graceful shutdown.
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod paths;
 pub mod pixel_id;
+pub mod rate_limit;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -68,8 +68,8 @@ pub fn app(state: AppState, edge: &EdgeSettings) -> WithEdge<AppState> {
 /// The edge calls the hot route and renders its refusals through the
 /// state: see [`EdgeRoutes`].
 impl EdgeRoutes for AppState {
-    async fn track(&self, request: Request<Body>) -> Response {
-        routes::impressions::track_direct(self, request).await
+    async fn track(&self, request: Request<Body>, peer: std::net::SocketAddr) -> Response {
+        routes::impressions::track_direct(self, request, peer).await
     }
 
     /// The pixel answers its GIF with the reason in `X-Impression-Error`
@@ -164,7 +164,13 @@ impl Application {
             budget,
             {
                 let state = state.clone();
-                move || state.state_bytes().total()
+                move || {
+                    // The rate limit forgets idle clients on the same tick.
+                    if let Some(limiter) = &state.rate_limiter {
+                        limiter.sweep(state.clock.now());
+                    }
+                    state.state_bytes().total()
+                }
             },
             stop_maintenance.clone(),
         );

@@ -57,6 +57,8 @@ pub enum RejectReason {
     Unavailable,
     /// It would have added state past `MEMORY_LIMIT`.
     MemoryLimit,
+    /// Its client was over `RATE_LIMIT_PER_CLIENT`.
+    RateLimited,
 }
 
 impl RejectReason {
@@ -68,6 +70,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::Unavailable => "unavailable",
             RejectReason::MemoryLimit => "memory_limit",
+            RejectReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -165,6 +168,7 @@ const STATUSES: &[(u16, &str)] = &[
     (409, "409"),
     (413, "413"),
     (415, "415"),
+    (429, "429"),
     (431, "431"),
     (500, "500"),
     (503, "503"),

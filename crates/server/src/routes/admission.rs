@@ -8,6 +8,9 @@
 //! client learns of a bad impression in the response, never later.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
 
 use impression_core::{
     AdId, Campaign, CampaignId, Impression, Rejection, Timestamp, TrackOutcome, UserId,
@@ -217,6 +220,7 @@ pub fn reject_reason(e: &ApiError) -> RejectReason {
         ApiError::CampaignNotStarted { .. } => RejectReason::NotStarted,
         ApiError::QueueFull => RejectReason::QueueFull,
         ApiError::MemoryLimit(_) => RejectReason::MemoryLimit,
+        ApiError::TooManyRequests { .. } => RejectReason::RateLimited,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RejectReason::Unavailable,
         _ => RejectReason::Invalid,
     }
@@ -252,4 +256,33 @@ pub async fn enqueue_from(
         .await
         .map_err(|_| ApiError::Unavailable("the service stopped before processing".into()))??;
     Ok(Some(outcomes))
+}
+
+/// `RATE_LIMIT_PER_CLIENT`: admits `n` impressions of the client of a
+/// request from `peer` with `headers` at `now`, or answers 429 with when to
+/// retry. Nothing to do without a limit, or without a peer (a request that
+/// did not come through the server, as in router tests).
+pub fn rate_limit(
+    app: &AppState,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    n: usize,
+    now: Timestamp,
+) -> Result<(), ApiError> {
+    let (Some(limiter), Some(peer)) = (&app.rate_limiter, peer) else {
+        return Ok(());
+    };
+    let client = app.settings.client_addr.client_ip(peer, headers);
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    limiter.check(client, n, now).map_err(|wait| {
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::TooManyRequests {
+            message: format!(
+                "too many impressions from {client}: at most {} per second \
+                 (RATE_LIMIT_PER_CLIENT); retry in {retry_after} s",
+                limiter.per_second()
+            ),
+            retry_after: retry_after.max(1),
+        }
+    })
 }

@@ -11,12 +11,14 @@
 //! exchange, one campaign lookup per campaign, one queue job, and the engine
 //! takes each lock once per run of the batch.
 
-use axum::Json;
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use impression_core::{Impression, Timestamp, TrackOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -25,7 +27,7 @@ use utoipa::openapi::schema::{ArrayBuilder, Schema};
 use utoipa::openapi::{Ref, RefOr};
 
 use super::AppState;
-use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
+use super::admission::{Admission, EventTime, enqueue, rate_limit, reject_reason, rejection_error};
 use super::impressions::{TrackImpressionRequest, TrackParams};
 use crate::bulk::{self, Bulk};
 use crate::error::{ApiError, ApiQuery, ErrorBody};
@@ -123,12 +125,15 @@ pub(crate) enum Format {
         (status = 400, description = "Not a batch at all (not an array, not NDJSON, empty)", body = ErrorBody),
         (status = 413, description = "Over the item limit (10,000) or the byte limit (8 MiB)", body = ErrorBody),
         (status = 415, description = "Content-Type is neither application/json nor application/x-ndjson", body = ErrorBody),
-        (status = 503, description = "Queue full or storage unavailable; see Retry-After",
+        (status = 429, description = "Over RATE_LIMIT_PER_CLIENT; see Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = "Queue full, storage unavailable or MEMORY_LIMIT reached; see Retry-After",
             body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
     )
 )]
 pub async fn track_batch(
     State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiQuery(params): ApiQuery<TrackParams>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -156,6 +161,12 @@ pub async fn track_batch(
     .await?;
 
     let accepted = valid.len();
+    // The client is charged for what it would have queued.
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    rate_limit(&app, peer, &headers, accepted, received_at).inspect_err(|e| {
+        app.metrics
+            .impression_rejected_many(reject_reason(e), accepted);
+    })?;
     let campaign_of: Vec<_> = valid.iter().map(|i| i.campaign_id).collect();
     let outcomes = if valid.is_empty() {
         params.wait.then(Vec::new)

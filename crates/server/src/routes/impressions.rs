@@ -5,16 +5,18 @@
 //! answer is 202 as soon as it is queued, or, with `?wait=true` (or on a
 //! backend that acknowledges only after writing), once it was applied.
 
-use axum::Json;
-use axum::extract::{FromRequest, Query, Request, State};
-use axum::http::{StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use impression_core::{Timestamp, TrackOutcome};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::admission::{Admission, EventTime, enqueue, reject_reason, rejection_error};
+use super::admission::{Admission, EventTime, enqueue, rate_limit, reject_reason, rejection_error};
 use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::paths;
 
@@ -89,43 +91,53 @@ pub enum ProcessedStatus {
         (status = 409, description = "The campaign has not started", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 503, description = "Queue full or storage unavailable; see Retry-After",
+        (status = 429, description = "Over RATE_LIMIT_PER_CLIENT; see Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = "Queue full, storage unavailable or MEMORY_LIMIT reached; see Retry-After",
             body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
     )
 )]
 pub async fn track_impression(
     State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ApiQuery(params): ApiQuery<TrackParams>,
     body: Result<ApiJson<TrackImpressionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    handle(&app, params, body).await
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let limited = rate_limit(&app, peer, &headers, 1, app.clock.now());
+    handle(&app, params, limited, body).await
 }
 
 /// [`track_impression`] without the router, as the edge calls it: the same
 /// extractors in the same order (query, then body), the same answers.
 /// Borrowing the state instead of extracting a clone of it spares every
 /// request a write to a reference count that all cores share.
-pub async fn track_direct(app: &AppState, request: Request) -> Response {
+pub async fn track_direct(app: &AppState, request: Request, peer: SocketAddr) -> Response {
     // What `ApiQuery` does, without taking the request apart and putting it
     // back together (two moves of its head and a drop of its parts).
     let params = match Query::<TrackParams>::try_from_uri(request.uri()) {
         Ok(Query(params)) => params,
         Err(rejection) => return ApiError::from(rejection).into_response(),
     };
+    let limited = rate_limit(app, Some(peer.ip()), request.headers(), 1, app.clock.now());
     let body = ApiJson::from_request(request, app).await;
-    handle(app, params, body).await.into_response()
+    handle(app, params, limited, body).await.into_response()
 }
 
+/// Tracks the request's impression; `limited` is the rate limit's verdict
+/// on its client (checked before the body was read).
 async fn handle(
     app: &AppState,
     params: TrackParams,
+    limited: Result<(), ApiError>,
     body: Result<ApiJson<TrackImpressionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let received_at = app.clock.now();
     app.metrics.impression_received();
-    let result = match body {
-        Ok(ApiJson(req)) => track(app, req, received_at, params.wait).await,
-        Err(e) => Err(e),
+    let result = match (limited, body) {
+        (Ok(()), Ok(ApiJson(req))) => track(app, req, received_at, params.wait).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     if let Err(e) = &result {
         app.metrics.impression_rejected(reject_reason(e));

@@ -42,6 +42,7 @@ use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::paths;
 use crate::pixel_id::{PixelIds, PixelSettings};
+use crate::rate_limit::RateLimiter;
 use crate::storage::Store;
 
 /// What the handlers enforce, from the configuration. (Limits on
@@ -72,6 +73,8 @@ pub struct ApiSettings {
     pub max_dedup_keys: Option<u64>,
     /// The memory the state may hold.
     pub budget: MemoryBudget,
+    /// Impressions per second per client on the tracking endpoints.
+    pub rate_limit_per_client: Option<u32>,
 }
 
 static NEXT_APP_ID: AtomicU64 = AtomicU64::new(0);
@@ -98,6 +101,8 @@ pub struct AppInner {
     /// The pixel's user ids for browsers that bring none (and the keys
     /// they are derived with).
     pub pixel_ids: PixelIds,
+    /// The per-client limit, if configured.
+    pub rate_limiter: Option<RateLimiter>,
     /// Unique in the process, so per-thread caches keep applications apart.
     id: u64,
     shutting_down: AtomicBool,
@@ -114,6 +119,7 @@ impl AppState {
         api_keys: Arc<ApiKeys>,
     ) -> Self {
         let pixel_ids = PixelIds::new(settings.pixel.clone());
+        let settings_rate = settings.rate_limit_per_client;
         AppState(Arc::new(AppInner {
             store,
             clock,
@@ -122,6 +128,7 @@ impl AppState {
             settings,
             api_keys,
             pixel_ids,
+            rate_limiter: settings_rate.map(RateLimiter::new),
             id: NEXT_APP_ID.fetch_add(1, Ordering::Relaxed),
             shutting_down: AtomicBool::new(false),
         }))
@@ -147,7 +154,13 @@ impl AppState {
     pub fn state_bytes(&self) -> StateBytes {
         let per_impression =
             size_of::<impression_core::Impression>() + 2 * self.settings.max_id_bytes;
-        StateBytes::new(self.store.memory_use(), self.queue.depth() * per_impression)
+        StateBytes::new(
+            self.store.memory_use(),
+            self.queue.depth() * per_impression,
+            self.rate_limiter
+                .as_ref()
+                .map_or(0, RateLimiter::heap_bytes),
+        )
     }
 }
 

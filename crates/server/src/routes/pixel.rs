@@ -25,7 +25,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::admission::{Admission, EventTime, enqueue_from, reject_reason};
+use super::admission::{Admission, EventTime, enqueue_from, rate_limit, reject_reason};
 use crate::error::ApiError;
 use crate::metrics::IdSource;
 use crate::paths;
@@ -86,6 +86,9 @@ pub struct PixelParams {
             content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
         (status = 431, description = "Request line and headers over MAX_HEADER_BYTES (reason in X-Impression-Error)",
             content_type = "image/gif", body = Gif, headers(("X-Impression-Error" = String))),
+        (status = 429, description = "Over RATE_LIMIT_PER_CLIENT (reason in X-Impression-Error)",
+            content_type = "image/gif", body = Gif,
+            headers(("X-Impression-Error" = String), ("Retry-After" = u32))),
         (status = 503, description = "Queue full, storage unavailable or MAX_IN_FLIGHT reached (reason in X-Impression-Error)",
             content_type = "image/gif", body = Gif,
             headers(("X-Impression-Error" = String), ("Retry-After" = u32))),
@@ -104,6 +107,7 @@ pub async fn track_pixel(
         let campaign_id = required(params.campaign_id, "campaign_id")?;
         let ad_id = required(params.ad_id, "ad_id")?;
         let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+        rate_limit(&app, peer, &headers, 1, received_at)?;
         let viewer = identify(
             &app,
             params.user_id,

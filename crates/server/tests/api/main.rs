@@ -18,6 +18,7 @@ mod generated;
 mod helpers;
 mod impressions;
 mod memory;
+mod memory_flood;
 mod model;
 mod operations;
 mod pixel;
@@ -26,6 +27,7 @@ mod pixel_ids;
 #[cfg(target_os = "linux")]
 mod priorities;
 mod process;
+mod rate_limit;
 mod readme;
 mod redis_faults;
 mod redis_journal;
