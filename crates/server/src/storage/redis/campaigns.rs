@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use impression_core::{Campaign, CampaignId, CampaignName, Timestamp};
@@ -81,6 +82,18 @@ pub fn page_start(after: Option<CampaignId>) -> String {
 pub struct CampaignCache {
     known: RwLock<HashMap<CampaignId, Arc<Campaign>>>,
     missing: RwLock<HashMap<CampaignId, Instant>>,
+    /// Heap bytes of `known`, kept as entries come and go so the memory
+    /// budget reads it without the lock.
+    known_bytes: AtomicUsize,
+}
+
+/// What a cached campaign costs: its map entry (with a control byte and the
+/// map's 8/7 room), the shared record with its two counts, its name.
+fn entry_bytes(campaign: &Campaign) -> usize {
+    (size_of::<(CampaignId, Arc<Campaign>)>() + 1) * 8 / 7
+        + 2 * size_of::<usize>()
+        + size_of::<Campaign>()
+        + campaign.name.as_str().len()
 }
 
 /// What the cache knows about an id.
@@ -111,8 +124,18 @@ impl CampaignCache {
         let mut known = self.known.write();
         if known.len() >= MAX_CACHED {
             known.clear();
+            self.known_bytes.store(0, Ordering::Relaxed);
         }
-        known.insert(campaign.id, campaign);
+        let bytes = entry_bytes(&campaign);
+        if known.insert(campaign.id, campaign).is_none() {
+            self.known_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Heap bytes of the campaigns cached (the misses' map is small and
+    /// bounded by `MAX_NEGATIVE`).
+    pub fn heap_bytes(&self) -> usize {
+        self.known_bytes.load(Ordering::Relaxed)
     }
 
     /// Remembers, briefly, that `id` does not exist.
@@ -152,6 +175,26 @@ mod tests {
         assert!(encode(&b).as_str() > &hi[1..]);
         assert!(decode(b"garbage").is_err());
         assert!(decode(b"0193a8e4-6f7e-7cc3-9b6a-3f1d2e4c5b6a|x|n").is_err());
+    }
+
+    #[test]
+    fn the_cache_accounts_what_it_holds() {
+        let cache = CampaignCache::default();
+        assert_eq!(cache.heap_bytes(), 0);
+        let campaign = |n: u128| {
+            Arc::new(Campaign {
+                id: CampaignId::from_uuid(uuid::Uuid::from_u128(n)),
+                name: CampaignName::parse("cached").unwrap(),
+                start_time: Timestamp::EPOCH,
+            })
+        };
+        cache.found(campaign(1));
+        let one = cache.heap_bytes();
+        assert!(one > size_of::<Campaign>(), "{one}");
+        cache.found(campaign(1));
+        assert_eq!(cache.heap_bytes(), one, "the same campaign again adds nothing");
+        cache.found(campaign(2));
+        assert_eq!(cache.heap_bytes(), 2 * one);
     }
 
     #[test]

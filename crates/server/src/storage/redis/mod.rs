@@ -61,8 +61,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, AdId, Campaign, CampaignId, DedupScope, EngineConfig, Impression, Resolution,
-    Stats, Timestamp, TrackOutcome,
+    AdBreakdown, AdId, Campaign, CampaignId, DedupScope, EngineConfig, Impression, MemoryUse,
+    Resolution, Stats, Timestamp, TrackOutcome,
 };
 use redis::{Script, Value};
 
@@ -560,6 +560,15 @@ impl Store for RedisStore {
                     "Redis key {key} does not hold a pixel id secret (64 hex digits)"
                 ))
             })
+    }
+
+    /// This node's own state: the campaigns it caches. (The dedup keys and
+    /// counters are Redis's: `maxmemory`, docs/redis.md.)
+    fn memory_use(&self) -> MemoryUse {
+        MemoryUse {
+            campaigns: self.campaigns.heap_bytes(),
+            ..MemoryUse::default()
+        }
     }
 
     fn gauges(&self) -> StoreGauges {
