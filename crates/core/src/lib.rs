@@ -36,10 +36,16 @@ pub mod window;
 
 pub use campaign::{Campaign, CampaignId, CampaignName};
 pub use dedup::{Decision, DedupIndex, DedupRule, DedupScope, Fingerprint};
-pub use engine::{CampaignExists, CampaignSnapshot, Engine, EngineConfig, MemoryUse};
+pub use engine::{
+    AdSnapshot, CampaignExists, CampaignSnapshot, Engine, EngineConfig, MemoryUse, RestoreError,
+    user_hash,
+};
 pub use error::ValidationError;
 pub use impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use uniques::{Hll, HllParseError, UniqueParts, UniqueSketch, murmur64a};
-pub use window::{AdCounter, AdParts, Resolution, WindowCounter, WindowParts};
+pub use window::{
+    AdCounter, AdParts, Metric, Resolution, UniqueCounter, UniqueCounterParts, UniqueStats,
+    WindowCounter, WindowParts,
+};

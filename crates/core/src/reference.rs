@@ -13,7 +13,7 @@ use crate::dedup::DedupScope;
 use crate::impression::{AdId, Impression, Rejection, TrackOutcome, UserId};
 use crate::stats::{AdBreakdown, LAST_DAY_SECS, LAST_HOUR_SECS, Stats};
 use crate::time::{Timestamp, duration_millis};
-use crate::window::Resolution;
+use crate::window::{Metric, Resolution, UniqueStats};
 
 /// The model: campaigns' start times and every counted impression.
 #[derive(Clone, Debug)]
@@ -75,7 +75,9 @@ impl ReferenceModel {
     /// The campaign's stats at `now`.
     pub fn stats(&self, id: CampaignId, now: Timestamp) -> Option<Stats> {
         self.starts.get(&id)?;
-        Some(window(self.of(id).map(|e| e.3), now))
+        let mut stats = window(self.of(id).map(|e| e.3), now);
+        stats.unique_users = users(self.of(id).map(|e| (&e.2, e.3)), now);
+        Some(stats)
     }
 
     /// The campaign's per-ad stats at `now`: the first `max_ads` ads counted
@@ -92,29 +94,33 @@ impl ReferenceModel {
         let mut ads: Vec<(AdId, Stats)> = own
             .iter()
             .map(|&ad| {
-                let s = minute_window(self.of(id).filter(|e| e.1 == *ad).map(|e| e.3), now);
+                let of_ad = || self.of(id).filter(|e| e.1 == *ad);
+                let mut s = minute_window(of_ad().map(|e| e.3), now);
+                s.unique_users = users(of_ad().map(|e| (&e.2, e.3)), now);
                 (ad.clone(), s)
             })
             .collect();
         ads.sort_by(|a, b| a.0.cmp(&b.0));
         let distinct: std::collections::HashSet<&AdId> = self.of(id).map(|e| &e.1).collect();
+        let others = || self.of(id).filter(|e| !own.contains(&&e.1));
+        let mut other = minute_window(others().map(|e| e.3), now);
+        other.unique_users = users(others().map(|e| (&e.2, e.3)), now);
         Some(AdBreakdown {
-            campaign: window(self.of(id).map(|e| e.3), now),
+            campaign: self.stats(id, now)?,
             ads,
-            other: minute_window(
-                self.of(id).filter(|e| !own.contains(&&e.1)).map(|e| e.3),
-                now,
-            ),
+            other,
             limit: self.max_ads,
             limit_exceeded: distinct.len() > self.max_ads,
         })
     }
 
-    /// Counted impressions per bucket, as the engine's `timeseries`.
+    /// `metric` per bucket, as the engine's `timeseries` (unique users are
+    /// kept per minute and hour only: per second, zeros).
     pub fn series(
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Option<Vec<u64>> {
@@ -123,9 +129,12 @@ impl ReferenceModel {
         Some(
             (first..first + count as u64)
                 .map(|bucket| {
-                    self.of(id)
-                        .filter(|e| e.3.as_secs() / width == bucket)
-                        .count() as u64
+                    let of_bucket = || self.of(id).filter(|e| e.3.as_secs() / width == bucket);
+                    match metric {
+                        Metric::Impressions => of_bucket().count() as u64,
+                        Metric::UniqueUsers if resolution == Resolution::Second => 0,
+                        Metric::UniqueUsers => distinct(of_bucket().map(|e| &e.2)),
+                    }
                 })
                 .collect(),
         )
@@ -134,6 +143,25 @@ impl ReferenceModel {
     fn of(&self, id: CampaignId) -> impl Iterator<Item = &(CampaignId, AdId, UserId, Timestamp)> {
         self.counted.iter().filter(move |e| e.0 == id)
     }
+}
+
+/// Distinct users of `events` (user, time) at `now`: last hour by whole
+/// minutes (`m-59 ..`), last day by whole hours (`h-23 ..`), in total.
+fn users<'a>(events: impl Iterator<Item = (&'a UserId, Timestamp)>, now: Timestamp) -> UniqueStats {
+    let events: Vec<(&UserId, Timestamp)> = events.collect();
+    let (minute, hour) = (now.as_secs() / 60, now.as_secs() / 3600);
+    let of = |keep: &dyn Fn(Timestamp) -> bool| {
+        distinct(events.iter().filter(|e| keep(e.1)).map(|e| e.0))
+    };
+    UniqueStats {
+        last_hour: of(&|t| t.as_secs() / 60 + 59 >= minute),
+        last_day: of(&|t| t.as_secs() / 3600 + 23 >= hour),
+        total: of(&|_| true),
+    }
+}
+
+fn distinct<'a>(users: impl Iterator<Item = &'a UserId>) -> u64 {
+    users.collect::<std::collections::HashSet<_>>().len() as u64
 }
 
 /// An ad's windows: whole minutes, the current one included.

@@ -1,5 +1,7 @@
 //! The statistics answered for a campaign, and the windows they cover.
 
+use crate::window::UniqueStats;
+
 /// Length of the `last_hour` window, in seconds.
 pub const LAST_HOUR_SECS: u64 = 3_600;
 /// Length of the `last_day` window, in seconds.
@@ -20,6 +22,10 @@ pub struct Stats {
     pub last_day: u64,
     /// All counted impressions since the campaign was created.
     pub total: u64,
+    /// Distinct users among the counted impressions, over the same windows
+    /// in whole minutes and hours (see [`UniqueStats`]); each at most the
+    /// impressions of its window.
+    pub unique_users: UniqueStats,
 }
 
 /// A campaign's counts broken down by ad.

@@ -11,8 +11,8 @@ use std::alloc::System;
 
 use cap::Cap;
 use impression_core::{
-    AdId, AdParts, Campaign, CampaignId, CampaignName, CampaignSnapshot, Engine, EngineConfig,
-    Impression, Timestamp, UserId, WindowParts,
+    AdId, AdParts, AdSnapshot, Campaign, CampaignId, CampaignName, CampaignSnapshot, Engine,
+    EngineConfig, Impression, Timestamp, UniqueCounterParts, UserId, WindowParts,
 };
 
 #[global_allocator]
@@ -118,9 +118,48 @@ fn every_kind_of_state_is_accounted_within_ten_percent() {
     }
     let after = engine.memory();
     assert_close(
-        "counters (recorded)",
-        after.counters - before.1.counters,
+        "counters (recorded, with one user per ad and minute)",
+        after.counters + after.sketches - before.1.counters - before.1.sketches,
         held() - before.0 - (after.dedup - before.1.dedup),
+    );
+    drop(engine);
+
+    // Unique-user sketches: 40 ads, 2,000 new users a minute for 3 hours
+    // (minute sketches in every form, hour sketches, the unions of reads),
+    // short TTL again.
+    let engine = Engine::new(EngineConfig {
+        ttl: std::time::Duration::from_millis(1),
+        max_lateness: std::time::Duration::ZERO,
+        ..EngineConfig::default()
+    });
+    let c = campaign(4, "users");
+    let id = c.id;
+    engine.create_campaign(c).unwrap();
+    let before = (held(), engine.memory());
+    for minute in 0..180u64 {
+        let t = T0 + minute * 60;
+        let batch: Vec<Impression> = (0..2_000u64)
+            .map(|u| {
+                impression(
+                    id,
+                    &format!("ad-{}", u % 40),
+                    &format!("u{}", minute * 2_000 + u),
+                    t,
+                )
+            })
+            .collect();
+        engine.track_batch(&batch, Timestamp::from_secs(t));
+        engine.expire(Timestamp::from_secs(t));
+        if minute % 10 == 0 {
+            engine.ad_stats(id, Timestamp::from_secs(t));
+        }
+    }
+    let after = engine.memory();
+    assert!(after.sketches > 1 << 20, "{after:?}");
+    assert_close(
+        "sketches",
+        after.sketches - before.1.sketches,
+        held() - before.0 - (after.dedup - before.1.dedup) - (after.counters - before.1.counters),
     );
     drop(engine);
 
@@ -135,19 +174,23 @@ fn every_kind_of_state_is_accounted_within_ten_percent() {
             minutes: (0..1441).map(|m| (T0 / 60 + m, [1; 60])).collect(),
             hours: (0..168).map(|h| (T0 / 3600 + h, 1)).collect(),
         },
+        users: UniqueCounterParts::default(),
         ads: (0..2_000)
             .map(|ad| {
                 (
                     AdId::parse(format!("ad-{ad}")).unwrap(),
-                    AdParts {
-                        total: 10,
-                        minutes: (0..100).map(|m| (T0 / 60 + m, 1)).collect(),
-                        hours: (0..25).map(|h| (T0 / 3600 + h, 1)).collect(),
+                    AdSnapshot {
+                        counts: AdParts {
+                            total: 10,
+                            minutes: (0..100).map(|m| (T0 / 60 + m, 1)).collect(),
+                            hours: (0..25).map(|h| (T0 / 3600 + h, 1)).collect(),
+                        },
+                        users: UniqueCounterParts::default(),
                     },
                 )
             })
             .collect(),
-        other_ads: AdParts::default(),
+        other_ads: AdSnapshot::default(),
         ads_limit_exceeded: false,
     };
     engine.restore_campaign(snapshot).unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use impression_core::reference::ReferenceModel;
 use impression_core::{
-    AdId, Campaign, CampaignId, CampaignName, DedupScope, Engine, EngineConfig, Impression,
+    AdId, Campaign, CampaignId, CampaignName, DedupScope, Engine, EngineConfig, Impression, Metric,
     Resolution, Timestamp, UserId,
 };
 use proptest::prelude::*;
@@ -135,13 +135,16 @@ fn run(
             ] {
                 let first = ts.as_secs() / resolution.secs() + 1 - count;
                 let n = usize::try_from(count).unwrap();
-                prop_assert_eq!(
-                    engine.timeseries(id(c), resolution, first, n),
-                    model.series(id(c), resolution, first, n),
-                    "{:?} series of campaign {}",
-                    resolution,
-                    c
-                );
+                for metric in [Metric::Impressions, Metric::UniqueUsers] {
+                    prop_assert_eq!(
+                        engine.timeseries(id(c), resolution, metric, first, n),
+                        model.series(id(c), resolution, metric, first, n),
+                        "{:?} {:?} series of campaign {}",
+                        resolution,
+                        metric,
+                        c
+                    );
+                }
             }
         }
     }

@@ -48,7 +48,7 @@ impl StateBytes {
         StateBytes {
             dedup: store.dedup,
             counters: store.counters,
-            sketches: 0,
+            sketches: store.sketches,
             campaigns: store.campaigns,
             queue,
             clients,

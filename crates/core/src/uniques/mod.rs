@@ -97,6 +97,13 @@ pub enum UniqueParts {
     Hll(Vec<u8>),
 }
 
+impl Default for UniqueParts {
+    /// An empty exact sketch.
+    fn default() -> Self {
+        UniqueParts::Exact(Vec::new())
+    }
+}
+
 impl Default for UniqueSketch {
     fn default() -> Self {
         Self::new()

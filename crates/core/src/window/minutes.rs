@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 
+use super::UniqueStats;
 use super::{MIN_HISTORY_HOURS, MINUTES_BACK};
 use crate::stats::Stats;
 use crate::time::Timestamp;
@@ -117,6 +118,7 @@ impl AdCounter {
             last_hour: self.count_since(now_minute.saturating_sub(HOUR_MINUTES - 1)),
             last_day: self.count_since(now_minute.saturating_sub(DAY_MINUTES - 1)),
             total: self.total,
+            unique_users: UniqueStats::default(),
         }
     }
 

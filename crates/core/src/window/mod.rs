@@ -5,6 +5,8 @@
 //! * [`WindowCounter`] ([`seconds`]): a campaign's counts, exact to the
 //!   second: per-second counts for the last day, hour totals for the kept
 //!   history, the total.
+//! * [`UniqueCounter`] ([`uniques`]): a counter's distinct users, by
+//!   minute, hour and in total (unique-user sketches).
 //! * [`AdCounter`] ([`minutes`]): an ad's counts, exact to the minute:
 //!   per-minute counts for the last day, hour totals for the kept history,
 //!   the total. A campaign may have thousands of ads, and their ids come
@@ -19,9 +21,11 @@
 
 pub mod minutes;
 pub mod seconds;
+pub mod uniques;
 
 pub use minutes::{AdCounter, AdParts};
 pub use seconds::{WindowCounter, WindowParts};
+pub use uniques::{UniqueCounter, UniqueCounterParts, UniqueStats, WindowImpressions};
 
 use crate::stats::LAST_DAY_SECS;
 
@@ -54,8 +58,19 @@ impl Resolution {
     }
 }
 
+/// What a time series counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Counted impressions.
+    #[default]
+    Impressions,
+    /// Distinct users among them (kept per minute and per hour).
+    UniqueUsers,
+}
+
 /// `after - before` as a signed change, for byte accounting (sizes are far
 /// below `isize::MAX`).
-pub(crate) fn growth(before: usize, after: usize) -> isize {
+#[must_use]
+pub fn growth(before: usize, after: usize) -> isize {
     after.cast_signed() - before.cast_signed()
 }

@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 
+use super::UniqueStats;
 use super::{MIN_HISTORY_HOURS, MINUTES_BACK, Resolution};
 use crate::stats::{LAST_DAY_SECS, LAST_HOUR_SECS, Stats};
 use crate::time::Timestamp;
@@ -115,6 +116,7 @@ impl WindowCounter {
             last_hour: self.count_since(now_sec.saturating_sub(LAST_HOUR_SECS - 1)),
             last_day: self.count_since(now_sec.saturating_sub(LAST_DAY_SECS - 1)),
             total: self.total,
+            unique_users: UniqueStats::default(),
         }
     }
 

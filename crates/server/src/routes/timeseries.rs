@@ -1,16 +1,22 @@
-//! `GET /api/v1/campaigns/{id}/timeseries`: counted impressions per bucket.
+//! `GET /api/v1/campaigns/{id}/timeseries`: counted impressions, or
+//! distinct users, per bucket.
 //!
 //! Read from the same window counters as the stats, so the series and the
 //! windows always agree: the 3,600 one-second points of `window=1h` sum to
 //! `last_hour`. Buckets are aligned to the resolution (whole seconds,
 //! minutes, hours, UTC); the last point is the current, partial bucket;
 //! buckets with nothing counted are present with `count: 0`.
+//!
+//! With `metric=unique_users` each point is the distinct users of its
+//! bucket (they do not add up across buckets: a user seen in two minutes is
+//! in both). Users are kept per minute and per hour, not per second, so
+//! `resolution=second` is refused for that metric.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use impression_core::Resolution;
+use impression_core::{Metric, Resolution};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -32,6 +38,16 @@ pub enum SeriesResolution {
     Hour,
 }
 
+/// The metrics `timeseries?metric=` offers (for the API description).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SeriesMetric {
+    /// Counted impressions per bucket (the default).
+    Impressions,
+    /// Distinct users per bucket (`minute` and `hour` only).
+    UniqueUsers,
+}
+
 /// Query of the timeseries endpoint.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -43,6 +59,10 @@ pub struct SeriesParams {
     /// How far back, as a duration (`90s`, `30m`, `24h`, `7d`); defaults to
     /// 60 buckets. Rounded up to whole buckets.
     pub window: Option<String>,
+    /// `impressions` (the default) or `unique_users` (distinct users per
+    /// bucket; not with `resolution=second`).
+    #[param(value_type = Option<SeriesMetric>, inline)]
+    pub metric: Option<String>,
 }
 
 /// One bucket.
@@ -51,11 +71,12 @@ pub struct Point {
     /// Start of the bucket (RFC 3339, UTC).
     #[schema(value_type = String, format = DateTime)]
     pub t: String,
-    /// Counted impressions in the bucket.
+    /// Counted impressions in the bucket, or its distinct users with
+    /// `metric=unique_users`.
     pub count: u64,
 }
 
-/// Counted impressions per bucket, oldest first.
+/// Counted impressions (or distinct users) per bucket, oldest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Series {
     /// The campaign.
@@ -63,11 +84,13 @@ pub struct Series {
     pub campaign_id: String,
     /// `second`, `minute` or `hour`.
     pub resolution: String,
+    /// `impressions` or `unique_users`.
+    pub metric: String,
     /// The buckets, oldest first; the last is the current one.
     pub points: Vec<Point>,
 }
 
-/// Reads a campaign's counts per second, minute or hour.
+/// Reads a campaign's counts, or distinct users, per second, minute or hour.
 #[utoipa::path(
     get,
     path = paths::CAMPAIGN_TIMESERIES,
@@ -75,7 +98,7 @@ pub struct Series {
     params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)"), SeriesParams),
     responses(
         (status = 200, description = "The series", body = Series),
-        (status = 400, description = "Bad id, resolution or window, or a window too long for the resolution", body = ErrorBody),
+        (status = 400, description = "Bad id, resolution, metric or window, a window too long for the resolution, or unique_users per second", body = ErrorBody),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
@@ -97,6 +120,22 @@ pub async fn campaign_timeseries(
             )));
         }
     };
+    let (metric, metric_name) = match params.metric.as_deref().unwrap_or("impressions") {
+        "impressions" => (Metric::Impressions, "impressions"),
+        "unique_users" => (Metric::UniqueUsers, "unique_users"),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "metric must be `impressions` or `unique_users`, got {:?}",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    if metric == Metric::UniqueUsers && resolution == Resolution::Second {
+        return Err(ApiError::BadRequest(
+            "metric=unique_users is kept per minute and per hour: use resolution=minute or hour"
+                .to_owned(),
+        ));
+    }
     let width = resolution.secs();
     let window = match params.window.as_deref() {
         None => Duration::from_secs(60 * width),
@@ -126,7 +165,7 @@ pub async fn campaign_timeseries(
     )]
     let counts = app
         .store
-        .timeseries(id, resolution, first, count as usize)
+        .timeseries(id, resolution, metric, first, count as usize)
         .await?
         .ok_or(ApiError::CampaignNotFound(id))?;
     let points = counts
@@ -142,6 +181,7 @@ pub async fn campaign_timeseries(
     Ok(Json(Series {
         campaign_id: id.to_string(),
         resolution: name.to_owned(),
+        metric: metric_name.to_owned(),
         points,
     }))
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Engine, EngineConfig, Impression, MemoryUse, Resolution,
-    Stats, Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Engine, EngineConfig, Impression, MemoryUse, Metric,
+    Resolution, Stats, Timestamp, TrackOutcome,
 };
 
 use super::{HashSecret, Store, StoreError, StoreGauges};
@@ -95,10 +95,11 @@ impl Store for MemoryStore {
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        Ok(self.engine.timeseries(id, resolution, first, count))
+        Ok(self.engine.timeseries(id, resolution, metric, first, count))
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

@@ -30,8 +30,8 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Impression, MemoryUse, Resolution,
-    Stats, Timestamp, TrackOutcome,
+    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Impression, MemoryUse, Metric,
+    Resolution, Stats, Timestamp, TrackOutcome,
 };
 use thiserror::Error;
 
@@ -206,13 +206,15 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<AdBreakdown>, StoreError>;
 
-    /// Counted impressions in `count` buckets of `resolution`, the first
-    /// being bucket number `first` (Unix seconds / bucket width); `None` if
-    /// the campaign does not exist.
+    /// `metric` (counted impressions, or their distinct users) in `count`
+    /// buckets of `resolution`, the first being bucket number `first` (Unix
+    /// seconds / bucket width); `None` if the campaign does not exist.
+    /// Distinct users are kept per minute and hour: per second, zeros.
     async fn timeseries(
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError>;

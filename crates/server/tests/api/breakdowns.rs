@@ -39,20 +39,26 @@ backend_test! {
             assert_eq!(app.track_and_wait(&c, user, ad).await, "counted");
         }
         let plain = app.stats(&c).await;
-        assert_eq!(plain.as_object().unwrap().len(), 4);
+        assert_eq!(plain.as_object().unwrap().len(), 5);
+        // Two people saw the campaign's five impressions.
+        let users = |n: u64| json!({ "last_hour": n, "last_day": n, "total": n });
+        assert_eq!(plain["unique_users"], users(2));
         let by_ad: Value = app
             .get(&format!("/api/v1/campaigns/{c}/stats?by=ad"))
             .await
             .json()
             .await
             .unwrap();
-        let counts = |n: u64| json!({ "last_hour": n, "last_day": n, "total": n });
+        let counts = |n: u64, u: u64| {
+            json!({ "last_hour": n, "last_day": n, "total": n, "unique_users": users(u) })
+        };
         assert_eq!(by_ad["total"], 5);
+        assert_eq!(by_ad["unique_users"], users(2));
         assert_eq!(
             by_ad["ads"],
-            json!({ "banner": counts(2), "video": counts(1) })
+            json!({ "banner": counts(2, 2), "video": counts(1, 1) })
         );
-        assert_eq!(by_ad["other_ads"], counts(2));
+        assert_eq!(by_ad["other_ads"], counts(2, 2));
         assert_eq!(by_ad["ads_limit"], 2);
         assert_eq!(by_ad["ads_limit_exceeded"], true);
         assert_error(

@@ -323,6 +323,7 @@ fn param_value(key: &'static str, campaigns: Vec<String>) -> BoxedStrategy<Strin
         "cursor" | "campaign_id" => uuid_text(campaigns.clone()),
         "by" => words(&["ad"]),
         "resolution" => words(&["second", "minute", "hour"]),
+        "metric" => words(&["impressions", "unique_users"]),
         "window" => words(&[
             "1s", "90s", "30m", "1h", "2h", "24h", "7d", "1h 30m", "3600",
         ]),
@@ -926,7 +927,7 @@ async fn reading_campaigns_and_stats_survives_generated_ids_and_queries() {
             .prop_map(|(id, q)| (format!("/api/v1/campaigns/{id}/stats{q}"), 2)),
         (
             id_segment(ids.clone()),
-            query(&["resolution", "window"], ids)
+            query(&["resolution", "window", "metric"], ids)
         )
             .prop_map(|(id, q)| (format!("/api/v1/campaigns/{id}/timeseries{q}"), 3)),
     ];
@@ -952,12 +953,18 @@ async fn reading_campaigns_and_stats_survives_generated_ids_and_queries() {
                     1 => check_campaign(&body),
                     2 => {
                         for k in ["last_hour", "last_day", "total"] {
-                            body[k].as_u64().ok_or(format!("{k}: {body}"))?;
+                            let impressions = body[k].as_u64().ok_or(format!("{k}: {body}"))?;
+                            let users = body["unique_users"][k]
+                                .as_u64()
+                                .ok_or(format!("unique_users.{k}: {body}"))?;
+                            if users > impressions {
+                                return Err(format!("more users than impressions: {body}"));
+                            }
                         }
                         Ok(())
                     }
                     _ => {
-                        has_keys(&body, &["campaign_id", "resolution", "points"])?;
+                        has_keys(&body, &["campaign_id", "resolution", "metric", "points"])?;
                         let points = body["points"].as_array().ok_or("points")?;
                         if points.is_empty() {
                             return Err("no points".into());
@@ -1019,7 +1026,18 @@ async fn any_method_on_any_path_with_any_query_answers_in_shape() {
     let strategy = (
         method,
         any_path(ids.clone()),
-        query(&["wait", "limit", "by", "resolution", "window", "ts"], ids),
+        query(
+            &[
+                "wait",
+                "limit",
+                "by",
+                "resolution",
+                "window",
+                "metric",
+                "ts",
+            ],
+            ids,
+        ),
         prop::option::of(body(json_value())),
         content_type(),
     );

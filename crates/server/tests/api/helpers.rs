@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clap::Parser;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Clock, Impression, ManualClock, Resolution, Stats,
+    AdBreakdown, Campaign, CampaignId, Clock, Impression, ManualClock, Metric, Resolution, Stats,
     Timestamp, TrackOutcome,
 };
 use impression_counter::config::Config;
@@ -306,10 +306,13 @@ impl Store for GatedStore {
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        self.inner.timeseries(id, resolution, first, count).await
+        self.inner
+            .timeseries(id, resolution, metric, first, count)
+            .await
     }
     async fn check_ready(&self) -> Result<(), StoreError> {
         Ok(())

@@ -38,3 +38,4 @@ mod routes;
 mod security;
 mod shutdown;
 mod stats;
+mod uniques;

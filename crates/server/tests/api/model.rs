@@ -1,8 +1,9 @@
 //! Every backend against the naive reference model, through the `Store`
 //! seam: random batches (late, out-of-order and skewed event times), clock
 //! advances across the TTL, hour and day edges, and housekeeping passes; after
-//! every step every campaign's stats, per-ad stats and time series must equal
-//! the model's. Backends that persist are also closed and opened again at
+//! every step every campaign's stats, per-ad stats and time series (of
+//! impressions and of unique users) must equal the model's: the audiences
+//! here are small, so the sketches are exact. Backends that persist are also closed and opened again at
 //! random points, and must carry on exactly where they were. Time comes from
 //! the caller, as in production, so nothing waits.
 
@@ -10,8 +11,8 @@ use std::sync::Arc;
 
 use impression_core::reference::ReferenceModel;
 use impression_core::{
-    AdId, Campaign, CampaignId, CampaignName, DedupScope, Impression, ManualClock, Resolution,
-    Timestamp, UserId,
+    AdId, Campaign, CampaignId, CampaignName, DedupScope, Impression, ManualClock, Metric,
+    Resolution, Timestamp, UserId,
 };
 use proptest::prelude::*;
 
@@ -146,21 +147,23 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
                     model.ad_stats(id(c), ts)
                 ));
             }
-            for (resolution, count) in [
-                (Resolution::Second, 70u64),
-                (Resolution::Minute, 70),
-                (Resolution::Hour, 26),
+            for (resolution, metric, count) in [
+                (Resolution::Second, Metric::Impressions, 70u64),
+                (Resolution::Minute, Metric::Impressions, 70),
+                (Resolution::Hour, Metric::Impressions, 26),
+                (Resolution::Minute, Metric::UniqueUsers, 70),
+                (Resolution::Hour, Metric::UniqueUsers, 26),
             ] {
                 let first = ts.as_secs() / resolution.secs() + 1 - count;
                 let n = usize::try_from(count).unwrap();
                 let got = store
-                    .timeseries(id(c), resolution, first, n)
+                    .timeseries(id(c), resolution, metric, first, n)
                     .await
                     .map_err(|e| e.to_string())?;
-                let want = model.series(id(c), resolution, first, n);
+                let want = model.series(id(c), resolution, metric, first, n);
                 if got != want {
                     return Err(format!(
-                        "step {step}: {resolution:?} series of {c}: {got:?} vs {want:?}"
+                        "step {step}: {resolution:?} {metric:?} series of {c}: {got:?} vs {want:?}"
                     ));
                 }
             }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use impression_core::{
-    AdId, Campaign, CampaignId, CampaignName, Impression, Stats, Timestamp, TrackOutcome, UserId,
+    AdId, Campaign, CampaignId, CampaignName, Impression, Stats, Timestamp, TrackOutcome,
+    UniqueStats, UserId,
 };
 use impression_counter::storage::Store;
 use impression_counter::storage::redis::{Fault, RedisStore};
@@ -70,11 +71,17 @@ fn batch(id: CampaignId, now: Timestamp) -> Vec<Impression> {
         .collect()
 }
 
+/// `n` impressions, each by a different user.
 fn all(n: u64) -> Stats {
     Stats {
         last_hour: n,
         last_day: n,
         total: n,
+        unique_users: UniqueStats {
+            last_hour: n,
+            last_day: n,
+            total: n,
+        },
     }
 }
 

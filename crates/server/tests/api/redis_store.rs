@@ -2,7 +2,8 @@
 //! answer, and settings it refuses.
 
 use impression_core::{
-    AdId, Campaign, CampaignId, CampaignName, Impression, Stats, Timestamp, TrackOutcome, UserId,
+    AdId, Campaign, CampaignId, CampaignName, Impression, Stats, Timestamp, TrackOutcome,
+    UniqueStats, UserId,
 };
 use impression_counter::storage::Store;
 
@@ -43,6 +44,11 @@ async fn thousands_of_ads_in_one_breakdown(flags: &[&str]) {
         last_hour: 1,
         last_day: 1,
         total: 1,
+        unique_users: UniqueStats {
+            last_hour: 1,
+            last_day: 1,
+            total: 1,
+        },
     };
     assert_eq!(breakdown.ads.len(), 9000);
     assert_eq!(breakdown.ads[0], (AdId::parse("ad-00000").unwrap(), one));

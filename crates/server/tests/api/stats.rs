@@ -7,13 +7,17 @@ use crate::backend_test;
 use crate::helpers::{T0, assert_error, spawn};
 
 backend_test! {
-    async fn stats_have_exactly_the_four_fields(backend: Backend) {
+    async fn stats_have_exactly_the_five_fields(backend: Backend) {
         let app = spawn(backend, &[]).await;
         let c = app.create_campaign("c").await;
         let body = app.stats(&c).await;
         let mut keys: Vec<&String> = body.as_object().unwrap().keys().collect();
         keys.sort();
-        assert_eq!(keys, ["campaign_id", "last_day", "last_hour", "total"]);
+        assert_eq!(keys, ["campaign_id", "last_day", "last_hour", "total", "unique_users"]);
+        assert_eq!(
+            body["unique_users"],
+            serde_json::json!({ "last_hour": 0, "last_day": 0, "total": 0 })
+        );
         assert_eq!(body["campaign_id"], Value::String(c.clone()));
         assert_eq!(app.counts(&c).await, (0, 0, 0));
     }

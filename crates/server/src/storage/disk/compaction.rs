@@ -45,6 +45,7 @@ struct Building {
     dedup: AtomicUsize,
     counters: AtomicUsize,
     campaigns: AtomicUsize,
+    sketches: AtomicUsize,
 }
 
 impl Building {
@@ -52,6 +53,7 @@ impl Building {
         self.dedup.store(m.dedup, Ordering::Relaxed);
         self.counters.store(m.counters, Ordering::Relaxed);
         self.campaigns.store(m.campaigns, Ordering::Relaxed);
+        self.sketches.store(m.sketches, Ordering::Relaxed);
     }
 
     fn read(&self) -> MemoryUse {
@@ -59,6 +61,7 @@ impl Building {
             dedup: self.dedup.load(Ordering::Relaxed),
             counters: self.counters.load(Ordering::Relaxed),
             campaigns: self.campaigns.load(Ordering::Relaxed),
+            sketches: self.sketches.load(Ordering::Relaxed),
         }
     }
 }

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use impression_core::{
     AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Fingerprint, Impression, MemoryUse,
-    Resolution, Stats, Timestamp, TrackOutcome,
+    Metric, Resolution, Stats, Timestamp, TrackOutcome, user_hash,
 };
 
 use parking_lot::Mutex;
@@ -229,6 +229,7 @@ impl DiskStore {
                     &imp.campaign_id,
                     &imp.ad_id,
                     fp,
+                    user_hash(imp),
                     imp.timestamp,
                 );
                 counted += 1;
@@ -312,10 +313,13 @@ impl Store for DiskStore {
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        self.memory.timeseries(id, resolution, first, count).await
+        self.memory
+            .timeseries(id, resolution, metric, first, count)
+            .await
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
@@ -348,6 +352,7 @@ impl Store for DiskStore {
             dedup: live.dedup + compacting.dedup,
             counters: live.counters + compacting.counters,
             campaigns: live.campaigns + compacting.campaigns,
+            sketches: live.sketches + compacting.sketches,
         }
     }
 

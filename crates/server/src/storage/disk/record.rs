@@ -4,42 +4,57 @@
 //! Log records:
 //!
 //! * `1` campaign: id (16), start ms (8), name length (2), name;
-//! * `2` counted batch: count (4), then per impression: campaign id (16),
-//!   fingerprint (16), event time ms (8), ad id length (2), ad id.
+//! * `3` counted batch: count (4), then per impression: campaign id (16),
+//!   fingerprint (16), user hash (8), event time ms (8), ad id length (2),
+//!   ad id. (`2`, written before unique users were kept, is the same
+//!   without the user hash; it still replays, into impressions only.)
 //!
 //! Counted impressions are enough to rebuild everything: totals, windows
-//! and per-ad counters from the campaign, ad and time; live dedup keys from
-//! the fingerprint and time. Duplicates change nothing and are not logged.
+//! and per-ad counters from the campaign, ad and time; unique users from
+//! the user hash (`murmur64a` of the id, as Redis's `PFADD` computes it);
+//! live dedup keys from the fingerprint and time. Duplicates change nothing
+//! and are not logged.
 //!
-//! Snapshot sections: `13` campaign with its counters, `11` a chunk of dedup
+//! Snapshot sections: `14` campaign with its counters, `11` a chunk of dedup
 //! entries (fingerprint, latest counted time), `12` the end, with counts to
 //! check that nothing is missing.
 //!
-//! A campaign section (`13`): campaign, its own counter (total (8), minute
+//! A campaign section (`14`): campaign, its own counter (total (8), minute
 //! count (4), per minute: minute (8) and 60 per-second counts (4 each), hour
-//! count (4), per hour: hour (8), count (8)), the other-ads counter, the
-//! limit flag (1), ad count (4), per ad: id length (2), id, its counter. Ad
-//! counters are minute-exact: total (8), minute count (4), per minute:
-//! minute (8), count (4), hour count (4), per hour: hour (8), count (8).
-//! Section `10`, written by versions whose ad counters were second-exact,
-//! still loads: its ad counters are summed to minutes.
+//! count (4), per hour: hour (8), count (8)) and its users, the other-ads
+//! counter and users, the limit flag (1), ad count (4), per ad: id length
+//! (2), id, its counter and users. Ad counters are minute-exact: total (8),
+//! minute count (4), per minute: minute (8), count (4), hour count (4), per
+//! hour: hour (8), count (8). Users: open hour (8), the total sketch, minute
+//! count (4), per minute: minute (8) and sketch, hour count (4), per hour:
+//! hour (8) and sketch; a sketch is `0` with a count (4) and that many user
+//! hashes (8 each), or `1` with a length (4) and Redis's HLL bytes.
+//! Sections `13` (no users) and `10` (no users, second-exact ad counters,
+//! summed to minutes) still load.
 
 use impression_core::{
-    AdId, AdParts, Campaign, CampaignId, CampaignName, CampaignSnapshot, Fingerprint, Timestamp,
-    WindowParts,
+    AdId, AdParts, AdSnapshot, Campaign, CampaignId, CampaignName, CampaignSnapshot, Fingerprint,
+    Hll, Timestamp, UniqueCounterParts, UniqueParts, WindowParts,
 };
 
 const CAMPAIGN: u8 = 1;
-const COUNTED: u8 = 2;
+/// Counted impressions without their users (read, no longer written).
+const COUNTED_WITHOUT_USERS: u8 = 2;
+const COUNTED: u8 = 3;
 /// A campaign whose ad counters are second-exact (read, no longer written).
 const SNAP_CAMPAIGN_SECOND_ADS: u8 = 10;
 const SNAP_DEDUP: u8 = 11;
 const SNAP_END: u8 = 12;
-const SNAP_CAMPAIGN: u8 = 13;
+/// A campaign without unique users (read, no longer written).
+const SNAP_CAMPAIGN_WITHOUT_USERS: u8 = 13;
+const SNAP_CAMPAIGN: u8 = 14;
 
 // Encoded sizes (at least) of the repeated items, to refuse a count the
 // rest of the payload cannot hold before allocating room for it.
-const COUNTED_MIN_BYTES: usize = 16 + 16 + 8 + 2;
+const COUNTED_MIN_BYTES: usize = 16 + 16 + 8 + 8 + 2;
+const COUNTED_WITHOUT_USERS_MIN_BYTES: usize = 16 + 16 + 8 + 2;
+const SKETCH_MIN_BYTES: usize = 1 + 4;
+const DATED_SKETCH_MIN_BYTES: usize = 8 + SKETCH_MIN_BYTES;
 const AD_MIN_BYTES: usize = 2 + PARTS_MIN_BYTES;
 const AD_MINUTE_BYTES: usize = 8 + 4;
 const PARTS_MIN_BYTES: usize = 8 + 4 + 4;
@@ -58,6 +73,9 @@ pub struct Counted {
     pub fingerprint: Fingerprint,
     /// Its event time.
     pub timestamp: Timestamp,
+    /// Its user's hash (`user_hash`); `None` in records written before
+    /// unique users were kept.
+    pub user: Option<u64>,
 }
 
 /// One log record.
@@ -71,6 +89,10 @@ pub enum LogRecord {
 
 /// One snapshot section.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "sections live one at a time, between the file and the engine: boxing would only add an allocation per campaign"
+)]
 pub enum SnapshotSection {
     /// A campaign and its counters.
     Campaign(CampaignSnapshot),
@@ -97,16 +119,19 @@ pub fn begin_counted(out: &mut Vec<u8>) {
     out.extend_from_slice(&0u32.to_le_bytes());
 }
 
-/// Adds one impression to the counted-batch record `out` holds.
+/// Adds one impression, by the user whose hash is `user`, to the
+/// counted-batch record `out` holds.
 pub fn push_counted(
     out: &mut Vec<u8>,
     campaign_id: &CampaignId,
     ad_id: &AdId,
     fp: Fingerprint,
+    user: u64,
     t: Timestamp,
 ) {
     out.extend_from_slice(campaign_id.as_bytes());
     out.extend_from_slice(&fp.as_u128().to_le_bytes());
+    out.extend_from_slice(&user.to_le_bytes());
     out.extend_from_slice(&t.as_millis().to_le_bytes());
     put_str(out, ad_id.as_str());
     let count = u32::from_le_bytes([out[1], out[2], out[3], out[4]]) + 1;
@@ -118,13 +143,23 @@ pub fn decode_log(payload: &[u8]) -> Result<LogRecord, String> {
     let mut r = Cursor::new(payload);
     let record = match r.u8()? {
         CAMPAIGN => LogRecord::Campaign(r.campaign()?),
-        COUNTED => {
-            let n = r.count(COUNTED_MIN_BYTES)?;
+        kind @ (COUNTED | COUNTED_WITHOUT_USERS) => {
+            let with_users = kind == COUNTED;
+            let min = if with_users {
+                COUNTED_MIN_BYTES
+            } else {
+                COUNTED_WITHOUT_USERS_MIN_BYTES
+            };
+            let n = r.count(min)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
+                let campaign_id = r.campaign_id()?;
+                let fingerprint = Fingerprint::from_u128(r.u128()?);
+                let user = if with_users { Some(r.u64()?) } else { None };
                 items.push(Counted {
-                    campaign_id: r.campaign_id()?,
-                    fingerprint: Fingerprint::from_u128(r.u128()?),
+                    campaign_id,
+                    fingerprint,
+                    user,
                     timestamp: Timestamp::from_millis(r.u64()?),
                     ad_id: AdId::parse(r.string()?).map_err(|e| e.to_string())?,
                 });
@@ -144,16 +179,17 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
             out.push(SNAP_CAMPAIGN);
             put_campaign(out, &s.campaign);
             put_parts(out, &s.all);
-            put_ad_parts(out, &s.other_ads);
+            put_users(out, &s.users);
+            put_ad(out, &s.other_ads);
             out.push(u8::from(s.ads_limit_exceeded));
             #[allow(
                 clippy::cast_possible_truncation,
                 reason = "ads per campaign are capped by the u32 `MAX_ADS_PER_CAMPAIGN`"
             )]
             out.extend_from_slice(&(s.ads.len() as u32).to_le_bytes());
-            for (ad, parts) in &s.ads {
+            for (ad, state) in &s.ads {
                 put_str(out, ad.as_str());
-                put_ad_parts(out, parts);
+                put_ad(out, state);
             }
         }
         SnapshotSection::Dedup(entries) => {
@@ -180,21 +216,28 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
 pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
     let mut r = Cursor::new(payload);
     let section = match r.u8()? {
-        kind @ (SNAP_CAMPAIGN | SNAP_CAMPAIGN_SECOND_ADS) => {
+        kind @ (SNAP_CAMPAIGN | SNAP_CAMPAIGN_WITHOUT_USERS | SNAP_CAMPAIGN_SECOND_ADS) => {
             let second_ads = kind == SNAP_CAMPAIGN_SECOND_ADS;
+            let with_users = kind == SNAP_CAMPAIGN;
             let campaign = r.campaign()?;
             let all = r.parts()?;
-            let other_ads = r.ad_parts(second_ads)?;
+            let users = if with_users {
+                r.users()?
+            } else {
+                UniqueCounterParts::default()
+            };
+            let other_ads = r.ad(second_ads, with_users)?;
             let ads_limit_exceeded = r.u8()? != 0;
             let n = r.count(AD_MIN_BYTES)?;
             let mut ads = Vec::with_capacity(n);
             for _ in 0..n {
                 let ad = AdId::parse(r.string()?).map_err(|e| e.to_string())?;
-                ads.push((ad, r.ad_parts(second_ads)?));
+                ads.push((ad, r.ad(second_ads, with_users)?));
             }
             SnapshotSection::Campaign(CampaignSnapshot {
                 campaign,
                 all,
+                users,
                 ads,
                 other_ads,
                 ads_limit_exceeded,
@@ -234,6 +277,52 @@ fn put_campaign(out: &mut Vec<u8>, c: &Campaign) {
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
+}
+
+fn put_ad(out: &mut Vec<u8>, ad: &AdSnapshot) {
+    put_ad_parts(out, &ad.counts);
+    put_users(out, &ad.users);
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a counter holds at most a day of minute sketches and HISTORY (<= 366 days) of hour sketches, \
+              and a sketch at most 128 hashes or 12,304 bytes: far below 2^32"
+)]
+fn put_users(out: &mut Vec<u8>, users: &UniqueCounterParts) {
+    out.extend_from_slice(&users.open_hour.to_le_bytes());
+    put_sketch(out, &users.total);
+    out.extend_from_slice(&(users.minutes.len() as u32).to_le_bytes());
+    for (minute, sketch) in &users.minutes {
+        out.extend_from_slice(&minute.to_le_bytes());
+        put_sketch(out, sketch);
+    }
+    out.extend_from_slice(&(users.hours.len() as u32).to_le_bytes());
+    for (hour, sketch) in &users.hours {
+        out.extend_from_slice(&hour.to_le_bytes());
+        put_sketch(out, sketch);
+    }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a sketch is at most 128 hashes or 12,304 bytes: far below 2^32"
+)]
+fn put_sketch(out: &mut Vec<u8>, sketch: &UniqueParts) {
+    match sketch {
+        UniqueParts::Exact(hashes) => {
+            out.push(0);
+            out.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
+            for hash in hashes {
+                out.extend_from_slice(&hash.to_le_bytes());
+            }
+        }
+        UniqueParts::Hll(bytes) => {
+            out.push(1);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
 }
 
 #[allow(
@@ -377,6 +466,61 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// An ad's counters: its impressions (see [`Cursor::ad_parts`]) and,
+    /// in sections that have them, its users.
+    fn ad(&mut self, second_exact: bool, with_users: bool) -> Result<AdSnapshot, String> {
+        let counts = self.ad_parts(second_exact)?;
+        let users = if with_users {
+            self.users()?
+        } else {
+            UniqueCounterParts::default()
+        };
+        Ok(AdSnapshot { counts, users })
+    }
+
+    /// A counter's users.
+    fn users(&mut self) -> Result<UniqueCounterParts, String> {
+        let open_hour = self.u64()?;
+        let total = self.sketch()?;
+        let n = self.count(DATED_SKETCH_MIN_BYTES)?;
+        let mut minutes = Vec::with_capacity(n);
+        for _ in 0..n {
+            minutes.push((self.u64()?, self.sketch()?));
+        }
+        let n = self.count(DATED_SKETCH_MIN_BYTES)?;
+        let mut hours = Vec::with_capacity(n);
+        for _ in 0..n {
+            hours.push((self.u64()?, self.sketch()?));
+        }
+        Ok(UniqueCounterParts {
+            minutes,
+            hours,
+            total,
+            open_hour,
+        })
+    }
+
+    /// A sketch; HLL bytes must be ones Redis would accept.
+    fn sketch(&mut self) -> Result<UniqueParts, String> {
+        match self.u8()? {
+            0 => {
+                let n = self.count(8)?;
+                let mut hashes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    hashes.push(self.u64()?);
+                }
+                Ok(UniqueParts::Exact(hashes))
+            }
+            1 => {
+                let len = usize::try_from(self.u32()?).map_err(|e| e.to_string())?;
+                let bytes = self.take(len)?.to_vec();
+                Hll::from_redis_bytes(&bytes).map_err(|e| format!("a unique-user sketch: {e}"))?;
+                Ok(UniqueParts::Hll(bytes))
+            }
+            other => Err(format!("unknown sketch type {other}")),
+        }
+    }
+
     /// An ad's counter: minute-exact, or (in sections written before ad
     /// counters were) second-exact and summed to minutes.
     fn ad_parts(&mut self, second_exact: bool) -> Result<AdParts, String> {
@@ -437,12 +581,14 @@ mod tests {
                 ad_id: AdId::parse("banner").unwrap(),
                 fingerprint: Fingerprint::from_u128(u128::MAX - 3),
                 timestamp: Timestamp::from_millis(1_735_689_600_123),
+                user: Some(u64::MAX),
             },
             Counted {
                 campaign_id: campaign().id,
                 ad_id: AdId::parse("x".repeat(512)).unwrap(),
                 fingerprint: Fingerprint::from_u128(1),
                 timestamp: Timestamp::from_millis(5),
+                user: Some(0),
             },
         ];
         let mut out = Vec::new();
@@ -453,10 +599,50 @@ mod tests {
                 &i.campaign_id,
                 &i.ad_id,
                 i.fingerprint,
+                i.user.unwrap(),
                 i.timestamp,
             );
         }
         assert_eq!(decode_log(&out).unwrap(), LogRecord::Counted(items));
+    }
+
+    /// Logs written before unique users were kept still replay, their
+    /// impressions without a user.
+    #[test]
+    fn counted_records_without_users_still_load() {
+        let mut out = vec![COUNTED_WITHOUT_USERS];
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(campaign().id.as_bytes());
+        out.extend_from_slice(&7u128.to_le_bytes());
+        out.extend_from_slice(&5u64.to_le_bytes());
+        put_str(&mut out, "banner");
+        assert_eq!(
+            decode_log(&out).unwrap(),
+            LogRecord::Counted(vec![Counted {
+                campaign_id: campaign().id,
+                ad_id: AdId::parse("banner").unwrap(),
+                fingerprint: Fingerprint::from_u128(7),
+                timestamp: Timestamp::from_millis(5),
+                user: None,
+            }])
+        );
+    }
+
+    /// Users of one counter: exact and HLL sketches, minutes and hours.
+    fn users() -> UniqueCounterParts {
+        let mut hll = Hll::new();
+        for user in 0..1_000u64 {
+            hll.insert(&user.to_le_bytes());
+        }
+        UniqueCounterParts {
+            minutes: vec![
+                (28_928_160, UniqueParts::Exact(vec![1, 5, u64::MAX])),
+                (28_928_161, UniqueParts::Hll(hll.to_redis_bytes())),
+            ],
+            hours: vec![(482_135, UniqueParts::Exact(vec![2]))],
+            total: UniqueParts::Hll(hll.to_redis_bytes()),
+            open_hour: 482_136,
+        }
     }
 
     #[test]
@@ -470,15 +656,19 @@ mod tests {
             SnapshotSection::Campaign(CampaignSnapshot {
                 campaign: campaign(),
                 all: parts.clone(),
+                users: users(),
                 ads: vec![(
                     AdId::parse("a").unwrap(),
-                    AdParts {
-                        total: 3,
-                        minutes: vec![(28_928_160, 3)],
-                        hours: vec![(482_136, 3)],
+                    AdSnapshot {
+                        counts: AdParts {
+                            total: 3,
+                            minutes: vec![(28_928_160, 3)],
+                            hours: vec![(482_136, 3)],
+                        },
+                        users: users(),
                     },
                 )],
-                other_ads: AdParts::default(),
+                other_ads: AdSnapshot::default(),
                 ads_limit_exceeded: true,
             }),
             SnapshotSection::Dedup(vec![(
@@ -498,7 +688,8 @@ mod tests {
     }
 
     /// Snapshots written when ad counters were second-exact still load,
-    /// their ad counters summed to minutes.
+    /// their ad counters summed to minutes (and, having no users, with
+    /// empty user sketches).
     #[test]
     fn campaign_sections_with_second_exact_ads_load_as_minutes() {
         let mut seconds = [0u32; 60];
@@ -526,8 +717,25 @@ mod tests {
             minutes: vec![(28_928_160, 3)],
             hours: vec![(482_136, 3)],
         };
-        assert_eq!(s.ads, vec![(AdId::parse("a").unwrap(), minutes)]);
-        assert_eq!(s.other_ads, AdParts::default());
+        let ad = AdSnapshot {
+            counts: minutes,
+            users: UniqueCounterParts::default(),
+        };
+        assert_eq!(s.ads, vec![(AdId::parse("a").unwrap(), ad)]);
+        assert_eq!(s.other_ads, AdSnapshot::default());
+        assert_eq!(s.users, UniqueCounterParts::default());
+    }
+
+    /// A sketch whose HLL bytes Redis would refuse is a damaged snapshot,
+    /// not a panic later.
+    #[test]
+    fn damaged_sketches_are_refused() {
+        let mut out = Vec::new();
+        put_sketch(&mut out, &UniqueParts::Hll(b"HYLL-not-really".to_vec()));
+        let err = Cursor::new(&out).sketch().unwrap_err();
+        assert!(err.contains("a unique-user sketch"), "{err}");
+        let err = Cursor::new(&[7]).sketch().unwrap_err();
+        assert!(err.contains("unknown sketch type 7"), "{err}");
     }
 
     #[test]
@@ -572,7 +780,7 @@ mod tests {
         counted.extend_from_slice(&2u32.to_le_bytes());
         counted.extend_from_slice(&[0; COUNTED_MIN_BYTES]);
         let err = decode_log(&counted).unwrap_err();
-        assert!(err.contains("2 items of at least 42 bytes"), "{err}");
+        assert!(err.contains("2 items of at least 50 bytes"), "{err}");
 
         let mut section = Vec::new();
         encode_section(
@@ -580,8 +788,9 @@ mod tests {
             &SnapshotSection::Campaign(CampaignSnapshot {
                 campaign: campaign(),
                 all: WindowParts::default(),
+                users: UniqueCounterParts::default(),
                 ads: Vec::new(),
-                other_ads: AdParts::default(),
+                other_ads: AdSnapshot::default(),
                 ads_limit_exceeded: false,
             }),
         );

@@ -103,6 +103,7 @@ pub fn replay_segment(
                         i.campaign_id,
                         &i.ad_id,
                         i.fingerprint,
+                        i.user,
                         i.timestamp,
                         now,
                     ) {

@@ -74,7 +74,7 @@ pub fn load(path: &Path, engine: &Engine, now: Timestamp) -> Result<(), DiskErro
             SnapshotSection::Campaign(c) => {
                 engine
                     .restore_campaign(c)
-                    .map_err(|e| corrupt(offset, e.to_string()))?;
+                    .map_err(|e| corrupt(offset, crate::telemetry::chain(&e).to_string()))?;
                 campaigns += 1;
             }
             SnapshotSection::Dedup(entries) => {

@@ -192,7 +192,11 @@ mod tests {
         let one = cache.heap_bytes();
         assert!(one > size_of::<Campaign>(), "{one}");
         cache.found(campaign(1));
-        assert_eq!(cache.heap_bytes(), one, "the same campaign again adds nothing");
+        assert_eq!(
+            cache.heap_bytes(),
+            one,
+            "the same campaign again adds nothing"
+        );
         cache.found(campaign(2));
         assert_eq!(cache.heap_bytes(), 2 * one);
     }

@@ -62,7 +62,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use impression_core::{
     AdBreakdown, AdId, Campaign, CampaignId, DedupScope, EngineConfig, Impression, MemoryUse,
-    Resolution, Stats, Timestamp, TrackOutcome,
+    Metric, Resolution, Stats, Timestamp, TrackOutcome, UniqueStats,
 };
 use redis::{Script, Value};
 
@@ -355,6 +355,7 @@ fn stats_at(values: &[Value], at: usize) -> Option<Stats> {
         last_hour: int_of(values.get(at)?)?,
         last_day: int_of(values.get(at + 1)?)?,
         total: int_of(values.get(at + 2)?)?,
+        unique_users: UniqueStats::default(),
     })
 }
 
@@ -474,9 +475,11 @@ impl Store for RedisStore {
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError> {
+        let _ = metric;
         if self.lookup(id).await?.is_none() {
             return Ok(None);
         }

@@ -35,7 +35,13 @@ use crate::dedup::{Decision, DedupIndex, DedupScope, Fingerprint, Tally};
 use crate::impression::{AdId, Impression, Rejection, TrackOutcome};
 use crate::stats::{AdBreakdown, Stats};
 use crate::time::Timestamp;
-use crate::window::{AdCounter, AdParts, Resolution, WindowCounter, WindowParts};
+use crate::uniques::{HllParseError, REDIS_HLL_SEED, murmur64a};
+use crate::window::{Metric, Resolution};
+
+mod counters;
+
+use counters::CampaignCounters;
+pub use counters::{AdSnapshot, CampaignSnapshot, Growth};
 
 /// How an [`Engine`] counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +74,12 @@ impl Default for EngineConfig {
             max_ads_per_campaign: 10_000,
         }
     }
+}
+
+/// The unique-user hash of an impression's user: what Redis's `PFADD`
+/// computes for its id, so every backend counts the same users.
+pub fn user_hash(impression: &Impression) -> u64 {
+    murmur64a(impression.user_id.as_str().as_bytes(), REDIS_HLL_SEED)
 }
 
 /// Batches up to this size are tracked one impression at a time: for a
@@ -106,21 +118,6 @@ fn counting_sort<T>(items: &[T], keys: usize, key: impl Fn(&T) -> usize) -> Grou
     Grouped { order, ranges }
 }
 
-/// One campaign's complete state as plain data, for snapshots.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CampaignSnapshot {
-    /// The campaign.
-    pub campaign: Campaign,
-    /// Its counters.
-    pub all: WindowParts,
-    /// Its ads' own counters, in ad id order.
-    pub ads: Vec<(AdId, AdParts)>,
-    /// Counters of ads beyond the limit.
-    pub other_ads: AdParts,
-    /// Whether an ad was refused its own counters.
-    pub ads_limit_exceeded: bool,
-}
-
 /// Heap bytes the engine's state holds, by kind: its own estimate, kept up
 /// to date as the state changes (never by walking it), so it can be read on
 /// every request.
@@ -132,13 +129,26 @@ pub struct MemoryUse {
     pub counters: usize,
     /// Campaign records and their place in the registry.
     pub campaigns: usize,
+    /// Unique-user sketches of campaigns and ads.
+    pub sketches: usize,
 }
 
 impl MemoryUse {
     /// All of it.
     pub fn total(&self) -> usize {
-        self.dedup + self.counters + self.campaigns
+        self.dedup + self.counters + self.campaigns + self.sketches
     }
+}
+
+/// Why a campaign could not be restored from a snapshot.
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    /// A campaign with this id exists already.
+    #[error(transparent)]
+    Exists(#[from] CampaignExists),
+    /// A unique-user sketch's bytes do not parse.
+    #[error("a unique-user sketch is damaged")]
+    Sketch(#[source] HllParseError),
 }
 
 /// The in-memory impression counter.
@@ -150,127 +160,13 @@ pub struct Engine {
     counter_bytes: AtomicUsize,
     /// Heap bytes of the campaign records.
     campaign_bytes: AtomicUsize,
+    /// Heap bytes of every unique-user sketch.
+    sketch_bytes: AtomicUsize,
 }
 
 struct CampaignSlot {
     campaign: Arc<Campaign>,
     windows: Mutex<CampaignCounters>,
-}
-
-/// A campaign's window counters: all of it, and per ad.
-struct CampaignCounters {
-    all: WindowCounter,
-    ads: HashMap<AdId, AdCounter>,
-    other_ads: AdCounter,
-    ads_limit_exceeded: bool,
-    max_ads: usize,
-    history_hours: u64,
-}
-
-impl CampaignCounters {
-    fn new(config: &EngineConfig) -> Self {
-        CampaignCounters {
-            all: WindowCounter::new(config.history_hours),
-            ads: HashMap::new(),
-            other_ads: AdCounter::new(config.history_hours),
-            ads_limit_exceeded: false,
-            max_ads: config.max_ads_per_campaign,
-            history_hours: config.history_hours,
-        }
-    }
-
-    /// Heap bytes of the per-ad map itself and of each ad id: a bucket per
-    /// slot of capacity (key, counter and a control byte), the id's text.
-    fn ad_entry_bytes(&self) -> usize {
-        self.ads.capacity() * (size_of::<(AdId, AdCounter)>() + 1)
-            + self.ads.keys().map(|ad| ad.as_str().len()).sum::<usize>()
-    }
-
-    /// Heap bytes held, all of it (for tests and restores; recording keeps
-    /// the engine's total up to date by changes instead).
-    fn heap_bytes(&self) -> usize {
-        self.all.heap_bytes()
-            + self.other_ads.heap_bytes()
-            + self.ads.values().map(AdCounter::heap_bytes).sum::<usize>()
-            + self.ad_entry_bytes()
-    }
-
-    /// Records one counted impression; returns the change in heap bytes.
-    fn record(&mut self, ad: &AdId, t: Timestamp, now: Timestamp) -> isize {
-        let mut grew = self.all.record(t, now);
-        if let Some(w) = self.ads.get_mut(ad) {
-            grew += w.record(t, now);
-        } else if self.ads.len() < self.max_ads {
-            let mut w = AdCounter::new(self.history_hours);
-            grew += w.record(t, now);
-            let capacity = self.ads.capacity();
-            self.ads.insert(ad.clone(), w);
-            let added_slots = self.ads.capacity() - capacity;
-            grew += crate::window::growth(
-                0,
-                added_slots * (size_of::<(AdId, AdCounter)>() + 1) + ad.as_str().len(),
-            );
-        } else {
-            self.ads_limit_exceeded = true;
-            grew += self.other_ads.record(t, now);
-        }
-        grew
-    }
-
-    fn snapshot(&self, campaign: &Campaign) -> CampaignSnapshot {
-        let mut ads: Vec<(AdId, AdParts)> = self
-            .ads
-            .iter()
-            .map(|(ad, w)| (ad.clone(), w.to_parts()))
-            .collect();
-        ads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        CampaignSnapshot {
-            campaign: campaign.clone(),
-            all: self.all.to_parts(),
-            ads,
-            other_ads: self.other_ads.to_parts(),
-            ads_limit_exceeded: self.ads_limit_exceeded,
-        }
-    }
-
-    fn restore(config: &EngineConfig, snapshot: CampaignSnapshot) -> Self {
-        let history = config.history_hours;
-        let mut counters = CampaignCounters::new(config);
-        counters.all = WindowCounter::from_parts(history, snapshot.all);
-        counters.other_ads = AdCounter::from_parts(history, snapshot.other_ads);
-        counters.ads_limit_exceeded = snapshot.ads_limit_exceeded;
-        for (ad, parts) in snapshot.ads {
-            counters
-                .ads
-                .insert(ad, AdCounter::from_parts(history, parts));
-        }
-        counters
-    }
-
-    /// Drops what no window needs at `now`; returns the change in heap bytes.
-    fn prune(&mut self, now: Timestamp) -> isize {
-        let mut grew = self.all.prune(now) + self.other_ads.prune(now);
-        for w in self.ads.values_mut() {
-            grew += w.prune(now);
-        }
-        grew
-    }
-
-    fn breakdown(&self, now: Timestamp) -> AdBreakdown {
-        let mut ads: Vec<(AdId, Stats)> = self
-            .ads
-            .iter()
-            .map(|(ad, w)| (ad.clone(), w.stats(now)))
-            .collect();
-        ads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        AdBreakdown {
-            campaign: self.all.stats(now),
-            ads,
-            other: self.other_ads.stats(now),
-            limit: self.max_ads,
-            limit_exceeded: self.ads_limit_exceeded,
-        }
-    }
 }
 
 impl Engine {
@@ -282,16 +178,18 @@ impl Engine {
             config,
             counter_bytes: AtomicUsize::new(0),
             campaign_bytes: AtomicUsize::new(0),
+            sketch_bytes: AtomicUsize::new(0),
         }
     }
 
-    /// Heap bytes the state holds, by kind (see [`MemoryUse`]): three atomic
+    /// Heap bytes the state holds, by kind (see [`MemoryUse`]): four atomic
     /// reads.
     pub fn memory(&self) -> MemoryUse {
         MemoryUse {
             dedup: self.dedup.heap_bytes(),
             counters: self.counter_bytes.load(Ordering::Relaxed),
             campaigns: self.campaign_bytes.load(Ordering::Relaxed),
+            sketches: self.sketch_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -308,13 +206,17 @@ impl Engine {
         self.dedup.would_count(fp, impression.timestamp, now)
     }
 
-    fn counters_grew(&self, grew: isize) {
-        if grew > 0 {
-            self.counter_bytes
-                .fetch_add(grew.unsigned_abs(), Ordering::Relaxed);
-        } else if grew < 0 {
-            self.counter_bytes
-                .fetch_sub(grew.unsigned_abs(), Ordering::Relaxed);
+    /// Publishes a change of the counters' and sketches' bytes.
+    fn counters_grew(&self, grew: Growth) {
+        for (count, change) in [
+            (&self.counter_bytes, grew.counters),
+            (&self.sketch_bytes, grew.sketches),
+        ] {
+            if change > 0 {
+                count.fetch_add(change.unsigned_abs(), Ordering::Relaxed);
+            } else if change < 0 {
+                count.fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -406,7 +308,7 @@ impl Engine {
         let campaigns = self.campaigns.read();
         if batch.len() <= SMALL_BATCH {
             let mut tally = Tally::default();
-            let mut grew = 0;
+            let mut grew = Growth::default();
             outcomes.extend(
                 batch
                     .iter()
@@ -501,7 +403,7 @@ impl Engine {
         let by_campaign = counting_sort(&counted, distinct.len(), |&i| {
             campaign_of[i as usize] as usize
         });
-        let mut grew = 0;
+        let mut grew = Growth::default();
         for (c, range) in by_campaign.ranges.into_iter().enumerate() {
             if range.is_empty() {
                 continue;
@@ -509,7 +411,7 @@ impl Engine {
             let mut counters = distinct[c].windows.lock();
             for &k in &by_campaign.order[range] {
                 let imp = &batch[counted[k] as usize];
-                grew += counters.record(&imp.ad_id, imp.timestamp, now);
+                grew += counters.record(&imp.ad_id, imp.timestamp, Some(user_hash(imp)), now);
             }
         }
         self.counters_grew(grew);
@@ -528,7 +430,7 @@ impl Engine {
         imp: &Impression,
         now: Timestamp,
         tally: &mut Tally,
-        grew: &mut isize,
+        grew: &mut Growth,
     ) -> TrackOutcome {
         let Some(slot) = campaigns.get(&imp.campaign_id) else {
             return TrackOutcome::Rejected(Rejection::UnknownCampaign);
@@ -545,44 +447,58 @@ impl Engine {
         let decision = self.dedup.check_tallied(fp, imp.timestamp, now, tally);
         match decision {
             Decision::Count { .. } => {
-                *grew += slot.windows.lock().record(&imp.ad_id, imp.timestamp, now);
+                let user = Some(user_hash(imp));
+                *grew += slot
+                    .windows
+                    .lock()
+                    .record(&imp.ad_id, imp.timestamp, user, now);
                 TrackOutcome::Counted
             }
             Decision::Duplicate => TrackOutcome::Duplicate,
         }
     }
 
-    /// The campaign's counts at `now`, or `None` if it does not exist.
+    /// The campaign's counts and users at `now`, or `None` if it does not
+    /// exist.
     pub fn stats(&self, id: CampaignId, now: Timestamp) -> Option<Stats> {
         let campaigns = self.campaigns.read();
         let slot = campaigns.get(&id)?;
-        let stats = slot.windows.lock().all.stats(now);
+        let (stats, grew) = slot.windows.lock().stats(now);
+        self.counters_grew(grew);
         Some(stats)
     }
 
-    /// The campaign's counts per ad at `now`, or `None` if it does not exist.
+    /// The campaign's counts and users per ad at `now`, or `None` if it does
+    /// not exist.
     pub fn ad_stats(&self, id: CampaignId, now: Timestamp) -> Option<AdBreakdown> {
         let campaigns = self.campaigns.read();
         let slot = campaigns.get(&id)?;
-        let breakdown = slot.windows.lock().breakdown(now);
+        let (breakdown, grew) = slot.windows.lock().breakdown(now);
+        self.counters_grew(grew);
         Some(breakdown)
     }
 
-    /// Counted impressions per bucket: `count` buckets of `resolution`, the
-    /// first being bucket number `first` (Unix seconds / bucket width). `None`
-    /// if the campaign does not exist. See [`WindowCounter::series`] for how
-    /// far back each resolution is exact.
+    /// `metric` per bucket: `count` buckets of `resolution`, the first being
+    /// bucket number `first` (Unix seconds / bucket width). `None` if the
+    /// campaign does not exist. See
+    /// [`WindowCounter::series`](crate::WindowCounter::series) for how far
+    /// back each resolution is exact; unique users are kept per minute and
+    /// hour only (per second: zeros).
     pub fn timeseries(
         &self,
         id: CampaignId,
         resolution: Resolution,
+        metric: Metric,
         first: u64,
         count: usize,
     ) -> Option<Vec<u64>> {
         let campaigns = self.campaigns.read();
         let slot = campaigns.get(&id)?;
-        let series = slot.windows.lock().all.series(resolution, first, count);
-        Some(series)
+        let counters = slot.windows.lock();
+        Some(match metric {
+            Metric::Impressions => counters.series(resolution, first, count),
+            Metric::UniqueUsers => counters.user_series(resolution, first, count),
+        })
     }
 
     /// Every campaign's complete state, in id order (each campaign is
@@ -601,18 +517,18 @@ impl Engine {
     }
 
     /// Restores a campaign and its counters from a snapshot.
-    pub fn restore_campaign(&self, snapshot: CampaignSnapshot) -> Result<(), CampaignExists> {
+    pub fn restore_campaign(&self, snapshot: CampaignSnapshot) -> Result<(), RestoreError> {
         let mut campaigns = self.campaigns.write();
         let id = snapshot.campaign.id;
         if campaigns.contains_key(&id) {
-            return Err(CampaignExists(id));
+            return Err(CampaignExists(id).into());
         }
         let campaign = Arc::new(snapshot.campaign.clone());
-        let counters = CampaignCounters::restore(&self.config, snapshot);
+        let counters =
+            CampaignCounters::restore(&self.config, snapshot).map_err(RestoreError::Sketch)?;
         self.campaign_bytes
             .fetch_add(Self::campaign_record_bytes(&campaign), Ordering::Relaxed);
-        self.counter_bytes
-            .fetch_add(counters.heap_bytes(), Ordering::Relaxed);
+        self.counters_grew(counters.heap_bytes());
         campaigns.insert(
             id,
             CampaignSlot {
@@ -629,15 +545,17 @@ impl Engine {
     }
 
     /// Replays an impression known to have been counted (from a log): its key
-    /// is restored and it is added to its campaign's counters, without
-    /// deciding again. Replaying a log in the order it was written rebuilds
-    /// exactly the state that wrote it. Returns false if the campaign is
-    /// unknown.
+    /// is restored and it is added to its campaign's counters, and its user
+    /// (the hash [`user_hash`] gives; `None` for logs written before users
+    /// were kept) to the unique users, without deciding again. Replaying a
+    /// log in the order it was written rebuilds exactly the state that wrote
+    /// it. Returns false if the campaign is unknown.
     pub fn replay_counted(
         &self,
         campaign_id: CampaignId,
         ad_id: &AdId,
         fp: Fingerprint,
+        user: Option<u64>,
         t: Timestamp,
         now: Timestamp,
     ) -> bool {
@@ -646,7 +564,7 @@ impl Engine {
             return false;
         };
         self.dedup.restore(fp, t, now);
-        let grew = slot.windows.lock().record(ad_id, t, now);
+        let grew = slot.windows.lock().record(ad_id, t, user, now);
         self.counters_grew(grew);
         true
     }
@@ -679,7 +597,7 @@ impl Engine {
     /// so) so memory also falls when traffic stops.
     pub fn expire(&self, now: Timestamp) {
         self.dedup.expire(now);
-        let mut grew = 0;
+        let mut grew = Growth::default();
         for slot in self.campaigns.read().values() {
             grew += slot.windows.lock().prune(now);
         }
@@ -692,6 +610,7 @@ mod tests {
     use super::*;
     use crate::campaign::CampaignName;
     use crate::impression::{AdId, UserId};
+    use crate::window::UniqueStats;
 
     const T0: u64 = 1_735_689_600_000;
 
@@ -747,12 +666,19 @@ mod tests {
                 Rejected(Rejection::NotStarted)
             ]
         );
+        // Two impressions of one user (u1, on ads a and b).
+        let users = UniqueStats {
+            last_hour: 1,
+            last_day: 1,
+            total: 1,
+        };
         assert_eq!(
             e.stats(c, now),
             Some(Stats {
                 last_hour: 2,
                 last_day: 2,
-                total: 2
+                total: 2,
+                unique_users: users,
             })
         );
         assert_eq!(e.stats(unknown, now), None);
@@ -814,22 +740,27 @@ mod tests {
         ] {
             assert_eq!(e.track(&imp(c, ad, user, T0), now), TrackOutcome::Counted);
         }
-        let one = |n| Stats {
+        let one = |n, users| Stats {
             last_hour: n,
             last_day: n,
             total: n,
+            unique_users: UniqueStats {
+                last_hour: users,
+                last_day: users,
+                total: users,
+            },
         };
         let breakdown = e.ad_stats(c, now).unwrap();
         assert_eq!(
             breakdown.ads,
             vec![
-                (AdId::parse("a").unwrap(), one(2)),
-                (AdId::parse("b").unwrap(), one(1))
+                (AdId::parse("a").unwrap(), one(2, 2)),
+                (AdId::parse("b").unwrap(), one(1, 1))
             ]
         );
-        assert_eq!(breakdown.other, one(2));
+        assert_eq!(breakdown.other, one(2, 1));
         assert!(breakdown.limit_exceeded);
-        assert_eq!(e.stats(c, now), Some(one(5)));
+        assert_eq!(e.stats(c, now), Some(one(5, 2)));
     }
 
     #[test]
@@ -858,7 +789,8 @@ mod tests {
         campaign(&replayed, 1, T0);
         for i in &batch {
             let fp = Fingerprint::of(&i.campaign_id, &i.ad_id, &i.user_id, DedupScope::Ad);
-            assert!(replayed.replay_counted(c, &i.ad_id, fp, i.timestamp, now));
+            let user = Some(user_hash(i));
+            assert!(replayed.replay_counted(c, &i.ad_id, fp, user, i.timestamp, now));
         }
         for other in [&copy, &replayed] {
             assert_eq!(other.stats(c, now), e.stats(c, now));
