@@ -248,7 +248,7 @@ impl Hll {
     }
 
     /// `(index, value)` of every non-zero register, by index.
-    fn nonzero(&self) -> Box<dyn Iterator<Item = (usize, u8)> + '_> {
+    pub(super) fn nonzero(&self) -> Box<dyn Iterator<Item = (usize, u8)> + '_> {
         match &self.repr {
             Repr::Sparse(sparse) => Box::new(sparse.iter()),
             Repr::Nibble(nibble) => Box::new(nibble.nonzero()),
@@ -500,6 +500,7 @@ fn read_sparse(body: &[u8], raw: &mut [u8]) -> Result<(), HllParseError> {
 }
 
 /// One byte per register, for unions: Redis's `HLL_RAW` scratch array.
+#[derive(Clone)]
 pub(super) struct RawRegisters {
     registers: Box<[u8]>,
 }
@@ -528,8 +529,25 @@ impl RawRegisters {
         *r = (*r).max(rank);
     }
 
+    /// Register `index` (below [`REGISTERS`]).
+    pub(super) fn get(&self, index: usize) -> u8 {
+        self.registers[index]
+    }
+
+    /// Raises register `index` to `rank` if that is more; returns the
+    /// value it had when it did.
+    pub(super) fn raise(&mut self, index: usize, rank: u8) -> Option<u8> {
+        let r = &mut self.registers[index];
+        (rank > *r).then(|| std::mem::replace(r, rank))
+    }
+
     /// The estimate of the registers.
     pub(super) fn count(&self) -> u64 {
+        estimate(&self.histogram())
+    }
+
+    /// How many registers hold each value.
+    pub(super) fn histogram(&self) -> [u32; 64] {
         // Eight sub-histograms, as in `Dense::histogram`, and all-zero
         // words skipped as Redis does (unions of small sketches are mostly
         // zeros).
@@ -551,13 +569,13 @@ impl RawRegisters {
                 *h += l;
             }
         }
-        estimate(&hist)
+        hist
     }
 }
 
 /// Redis's `hllCount` from a register histogram (Ertl's estimator), with
 /// the same operations in the same order.
-fn estimate(hist: &[u32; 64]) -> u64 {
+pub(super) fn estimate(hist: &[u32; 64]) -> u64 {
     // Only crafted registers (every one at 50 or more, say) reach 2^63 and
     // beyond, up to infinity when z is 0. There `llroundl` overflows, which
     // on x86-64 gives i64::MIN; Redis returns it as 2^63 (`PFCOUNT` replies

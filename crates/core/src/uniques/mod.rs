@@ -61,9 +61,11 @@ pub mod hll;
 pub mod murmur;
 mod nibble;
 mod sparse;
+mod union;
 
 pub use hll::{Hll, HllParseError};
 pub use murmur::{REDIS_HLL_SEED, murmur64a};
+pub use union::{Overlay, UnionBase};
 
 use hll::RawRegisters;
 
