@@ -51,6 +51,21 @@ struct Created {
 #[derive(serde::Deserialize)]
 struct Stats {
     total: u64,
+    unique_users: UniqueUsers,
+}
+
+#[derive(serde::Deserialize)]
+struct UniqueUsers {
+    total: u64,
+}
+
+/// A campaign's all-time counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Counted impressions (`total`).
+    pub total: u64,
+    /// Distinct users among them (`unique_users.total`).
+    pub users: u64,
 }
 
 /// A control connection: reconnects after a failed call.
@@ -127,8 +142,8 @@ impl ControlClient {
         Ok(created.id)
     }
 
-    /// A campaign's `total`.
-    pub async fn total(&mut self, campaign: &str) -> Result<u64, ApiError> {
+    /// A campaign's `total` and `unique_users.total`.
+    pub async fn counts(&mut self, campaign: &str) -> Result<Counts, ApiError> {
         let what = "reading stats";
         let uri: Uri = format!("/api/v1/campaigns/{campaign}/stats")
             .parse()
@@ -142,7 +157,10 @@ impl ControlClient {
         let body = self.call(what, req, StatusCode::OK).await?;
         let stats: Stats =
             serde_json::from_slice(&body).map_err(|source| ApiError::Body { what, source })?;
-        Ok(stats.total)
+        Ok(Counts {
+            total: stats.total,
+            users: stats.unique_users.total,
+        })
     }
 
     /// Whether `GET /readyz` answers 200.

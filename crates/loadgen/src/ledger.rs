@@ -14,6 +14,11 @@
 //! every connection without a lock, and memory that does not grow with the
 //! run's length. Larger spaces fall back to a hash set behind a mutex. Unknown
 //! outcomes are rare, so they always use a hash set.
+//!
+//! The same keys give each campaign's expected **unique users**: the
+//! distinct user numbers among its acknowledged keys (whatever the ad),
+//! widened likewise by users seen only in unknown-outcome keys
+//! ([`Ledger::expected_users`]).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -140,6 +145,93 @@ impl Ledger {
         for &i in lock(&self.unknown).iter() {
             if !self.is_acked(i) {
                 out[self.layout.campaign_of(i) as usize].hi += 1;
+            }
+        }
+        out
+    }
+}
+
+/// Distinct user numbers of one campaign.
+enum UserSet {
+    Bits(Vec<u64>),
+    Hashed(HashSet<u64>),
+}
+
+impl UserSet {
+    fn new(users: u64) -> Self {
+        match usize::try_from(users.div_ceil(64)) {
+            Ok(words) if users <= BITSET_MAX_KEYS => UserSet::Bits(vec![0; words]),
+            _ => UserSet::Hashed(HashSet::new()),
+        }
+    }
+
+    /// Adds `user`; tells whether it is new.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a bitset is only made for at most `BITSET_MAX_KEYS` (2^30) users"
+    )]
+    fn insert(&mut self, user: u64) -> bool {
+        match self {
+            UserSet::Bits(words) => {
+                let (word, bit) = ((user / 64) as usize, 1 << (user % 64));
+                let new = words[word] & bit == 0;
+                words[word] |= bit;
+                new
+            }
+            UserSet::Hashed(set) => set.insert(user),
+        }
+    }
+
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a bitset is only made for at most `BITSET_MAX_KEYS` (2^30) users"
+    )]
+    fn contains(&self, user: u64) -> bool {
+        match self {
+            UserSet::Bits(words) => words[(user / 64) as usize] & (1 << (user % 64)) != 0,
+            UserSet::Hashed(set) => set.contains(&user),
+        }
+    }
+}
+
+impl Ledger {
+    /// Expected unique users, one per campaign in index order (see the
+    /// module docs).
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "campaign numbers are below the campaign count, a u32 (`KeyLayout::new`)"
+    )]
+    pub fn expected_users(&self) -> Vec<Expected> {
+        let campaigns = self.layout.campaigns() as usize;
+        let users = self.layout.users();
+        let mut seen: Vec<UserSet> = (0..campaigns).map(|_| UserSet::new(users)).collect();
+        let mut out = vec![Expected::default(); campaigns];
+        let mut add = |i: u64| {
+            let c = self.layout.campaign_of(i) as usize;
+            if seen[c].insert(i % users) {
+                out[c].lo += 1;
+            }
+        };
+        match &self.acked {
+            AckedSet::Bits(words) => {
+                for (w, word) in words.iter().enumerate() {
+                    let mut bits = word.load(Ordering::Relaxed);
+                    while bits != 0 {
+                        add(w as u64 * 64 + u64::from(bits.trailing_zeros()));
+                        bits &= bits - 1;
+                    }
+                }
+            }
+            AckedSet::Hashed(set) => lock(set).iter().for_each(|&i| add(i)),
+        }
+        for e in &mut out {
+            e.hi = e.lo;
+        }
+        let mut extra: Vec<UserSet> = (0..campaigns).map(|_| UserSet::new(users)).collect();
+        for &i in lock(&self.unknown).iter() {
+            let (c, user) = (self.layout.campaign_of(i) as usize, i % users);
+            if !seen[c].contains(user) && extra[c].insert(user) {
+                out[c].hi += 1;
             }
         }
         out
@@ -274,6 +366,27 @@ mod tests {
             .collect();
         assert_eq!(a.expected(), naive);
         assert_eq!(b.expected(), naive);
+    }
+
+    #[test]
+    fn unique_users_are_distinct_users_over_every_ad() {
+        for scope in [Scope::Ad, Scope::Campaign] {
+            let layout = KeyLayout::new(2, 3, 70, scope).unwrap();
+            for l in ledgers(layout) {
+                l.acked(key(0, 0, 5));
+                l.acked(key(0, 2, 5)); // the same person on another ad
+                l.acked(key(0, 1, 69));
+                l.acked(key(1, 0, 0));
+                l.unknown(key(1, 1, 0)); // acked by another key: no widening
+                l.unknown(key(1, 2, 7));
+                l.unknown(key(1, 0, 7)); // the same unknown user once
+                assert_eq!(
+                    l.expected_users(),
+                    vec![Expected { lo: 2, hi: 2 }, Expected { lo: 1, hi: 2 }],
+                    "{scope:?}"
+                );
+            }
+        }
     }
 
     #[test]

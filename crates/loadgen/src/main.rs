@@ -14,7 +14,8 @@
 //! - [`client`]: one HTTP/1.1 keep-alive connection on hyper, nothing pooled.
 //! - [`request`]: the request bodies of each mode, and what answers mean.
 //! - [`run`]: connection tasks, open-loop schedule, per-task tallies.
-//! - [`ledger`]: acknowledged and unknown-outcome keys; expected totals.
+//! - [`ledger`]: acknowledged and unknown-outcome keys; expected totals and
+//!   unique users.
 //! - [`verify`]: polling the stats until they settle; MATCH or MISMATCH.
 //! - [`report`]: the summary, as text and JSON.
 //! - [`spawn`]: the server as a child process on a free loopback port.
@@ -239,17 +240,18 @@ async fn measure(
         Verification::skipped("--no-verify")
     } else {
         let expected = ledger.expected();
+        let expected_users = ledger.expected_users();
         let control = Arc::new(Mutex::new(control));
         let fetch = || {
             let control = Arc::clone(&control);
             let ids = &ids;
             async move {
                 let mut control = control.lock().await;
-                let mut totals = Vec::with_capacity(ids.len());
+                let mut counts = Vec::with_capacity(ids.len());
                 for id in ids {
-                    totals.push(control.total(id).await?);
+                    counts.push(control.counts(id).await?);
                 }
-                Ok::<_, api::ApiError>(totals)
+                Ok::<_, api::ApiError>(counts)
             }
         };
         match verify::settle(
@@ -259,7 +261,7 @@ async fn measure(
         )
         .await
         {
-            Ok(settled) => verify::compare(&ids, &expected, &settled),
+            Ok(settled) => verify::compare(&ids, &expected, &expected_users, &settled),
             Err(e) => Verification::error(format!("cannot read the stats: {e}")),
         }
     };

@@ -332,9 +332,18 @@ impl Summary {
                 } else {
                     format!("expected {lo}..={hi}")
                 };
+                let (users_lo, users_hi, users) =
+                    v.campaigns.iter().fold((0, 0, 0), |(lo, hi, n), c| {
+                        (
+                            lo + c.users_expected_min,
+                            hi + c.users_expected_max,
+                            n + c.users_actual,
+                        )
+                    });
                 writeln!(
                     out,
-                    "  verification MATCH: {} campaigns, total {actual} ({range}), settled after {} ms",
+                    "  verification MATCH: {} campaigns, total {actual} ({range}), \
+                     unique users {users} ({users_lo}..={users_hi} distinct sent), settled after {} ms",
                     v.campaigns.len(),
                     v.waited_ms
                 )
@@ -346,11 +355,19 @@ impl Summary {
                     if reason.is_empty() { "" } else { ": " }
                 )?;
                 for c in &v.campaigns {
-                    let mark = if c.difference == 0 { "ok " } else { "BAD" };
+                    let mark = if c.ok() { "ok " } else { "BAD" };
                     writeln!(
                         out,
-                        "    {mark} {}  expected {}..={}  actual {}  difference {:+}",
-                        c.campaign_id, c.expected_min, c.expected_max, c.actual, c.difference
+                        "    {mark} {}  expected {}..={}  actual {}  difference {:+}  \
+                         users expected {}..={} (±3% past 128)  actual {}",
+                        c.campaign_id,
+                        c.expected_min,
+                        c.expected_max,
+                        c.actual,
+                        c.difference,
+                        c.users_expected_min,
+                        c.users_expected_max,
+                        c.users_actual
                     )?;
                 }
                 Ok(())
@@ -372,6 +389,11 @@ mod tests {
     use crate::verify::{Settled, compare};
 
     fn summary(totals: Vec<u64>) -> Summary {
+        let users = totals.clone();
+        summary_with_users(totals, users)
+    }
+
+    fn summary_with_users(totals: Vec<u64>, users: Vec<u64>) -> Summary {
         let settings = Args::try_parse_from(["loadgen", "--count", "100", "--campaigns", "2"])
             .unwrap()
             .validate()
@@ -397,11 +419,13 @@ mod tests {
         let expected = [Expected { lo: 50, hi: 50 }, Expected { lo: 47, hi: 48 }];
         let settled = Settled {
             totals,
+            users,
             polls: 4,
             waited: Duration::from_millis(300),
             timed_out: false,
         };
-        let v = compare(&ids, &expected, &settled);
+        // Every impression by another user.
+        let v = compare(&ids, &expected, &expected, &settled);
         Summary::new(&settings, "127.0.0.1:8080".into(), &result, v)
     }
 
@@ -444,6 +468,10 @@ mod tests {
         assert_eq!(c["expected_max"], 48);
         assert_eq!(c["actual"], 48);
         assert_eq!(c["difference"], 0);
+        assert_eq!(c["users_expected_min"], 47);
+        assert_eq!(c["users_expected_max"], 48);
+        assert_eq!(c["users_actual"], 48);
+        assert_eq!(c["users_ok"], true);
     }
 
     #[test]
@@ -467,6 +495,17 @@ mod tests {
         );
         assert!(
             text.contains("c1  expected 47..=48  actual 40  difference -7"),
+            "{text}"
+        );
+
+        // Right totals, wrong users: a mismatch too.
+        let mut out = Vec::new();
+        let s = summary_with_users(vec![50, 48], vec![49, 48]);
+        assert_eq!(s.verification.status, Status::Mismatch);
+        s.write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("BAD c0  expected 50..=50  actual 50  difference +0  users expected 50..=50"),
             "{text}"
         );
     }

@@ -243,6 +243,11 @@ impl KeyLayout {
         self.campaigns
     }
 
+    /// Number of users.
+    pub fn users(&self) -> u64 {
+        self.users
+    }
+
     /// Total dense numbers.
     pub fn size(&self) -> u64 {
         self.campaigns * self.per_campaign()

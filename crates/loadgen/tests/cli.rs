@@ -117,6 +117,8 @@ enum Behaviour {
     Exact,
     /// Counts one impression too many for the first campaign.
     Overcount,
+    /// Counts one user too many for the first campaign.
+    OvercountUsers,
 }
 
 #[derive(Default)]
@@ -238,11 +240,20 @@ async fn stats(State(f): State<Fake>, Path(id): Path<String>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     let mut total = keys.len() as u64;
-    if f.behaviour == Behaviour::Overcount && c.campaigns.first() == Some(&id) {
-        total += 1;
+    let mut users = keys.iter().map(|(_, user)| user).collect::<HashSet<_>>().len() as u64;
+    if c.campaigns.first() == Some(&id) {
+        match f.behaviour {
+            Behaviour::Exact => {}
+            Behaviour::Overcount => total += 1,
+            Behaviour::OvercountUsers => users += 1,
+        }
     }
-    axum::Json(json!({"campaign_id": id, "last_hour": total, "last_day": total, "total": total}))
-        .into_response()
+    let users = json!({"last_hour": users, "last_day": users, "total": users});
+    axum::Json(json!({
+        "campaign_id": id, "last_hour": total, "last_day": total, "total": total,
+        "unique_users": users,
+    }))
+    .into_response()
 }
 
 /// Starts the fake on a free loopback port; it lives as long as the test's
@@ -310,6 +321,11 @@ async fn every_mode_verifies_against_an_exact_server() {
             .map(|c| c["actual"].as_u64().unwrap())
             .sum();
         assert!(distinct < 300, "duplicates were sent: {distinct}");
+        for c in v["campaigns"].as_array().unwrap() {
+            // Two ads: fewer people than keys, and the fake is exact.
+            assert_eq!(c["users_ok"], true, "{c}");
+            assert!(c["users_actual"].as_u64() < c["actual"].as_u64(), "{c}");
+        }
         assert_eq!(s["impressions"]["sent"], 300);
         if mode[1] == "batch" {
             // Users that are multiples of 7 were refused item by item.
@@ -353,6 +369,32 @@ async fn a_miscount_is_a_mismatch_and_fails() {
     assert_eq!(s["verification"]["campaigns"][1]["difference"], 0);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("MISMATCH"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miscount_of_users_is_a_mismatch_and_fails() {
+    let addr = fake(Behaviour::OvercountUsers).await;
+    let url = format!("http://{addr}");
+    let out = loadgen(&[
+        "--url",
+        &url,
+        "--count",
+        "100",
+        "--campaigns",
+        "2",
+        "--verify-timeout",
+        "2s",
+        "--json",
+        "-",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let s = json_of(&out);
+    let campaigns = &s["verification"]["campaigns"];
+    assert_eq!(s["verification"]["status"], "mismatch");
+    assert_eq!(campaigns[0]["difference"], 0);
+    assert_eq!(campaigns[0]["users_ok"], false);
+    assert_eq!(campaigns[1]["users_ok"], true);
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     if args.fill > 0 {
         let started = Instant::now();
         fill(&target, &campaign, args.fill, args.fill_spread).await?;
-        let total = control.total(&campaign).await?;
+        let total = control.counts(&campaign).await?.total;
         eprintln!(
             "filled {campaign} with {total} counted impressions in {:.1} s",
             started.elapsed().as_secs_f64()
