@@ -505,7 +505,9 @@ mod tests {
         s.write_text(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.contains("BAD c0  expected 50..=50  actual 50  difference +0  users expected 50..=50"),
+            text.contains(
+                "BAD c0  expected 50..=50  actual 50  difference +0  users expected 50..=50"
+            ),
             "{text}"
         );
     }

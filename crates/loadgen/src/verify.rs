@@ -346,7 +346,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fetch_errors_end_polling() {
         let policy = SettlePolicy::with_timeout(Duration::from_secs(1));
-        let r = settle(&[exact(1)], policy, || async { Err::<Vec<Counts>, _>("down") }).await;
+        let r = settle(&[exact(1)], policy, || async {
+            Err::<Vec<Counts>, _>("down")
+        })
+        .await;
         assert_eq!(r, Err("down"));
     }
 
@@ -385,7 +388,12 @@ mod tests {
 
         // Small audiences are exact; large ones within 3%.
         for wrong in [vec![5, 1_000, 2], vec![4, 1_031, 2], vec![4, 969, 2]] {
-            let v = compare(&ids, &expected, &users, &settled(vec![10, 6, 3], wrong.clone()));
+            let v = compare(
+                &ids,
+                &expected,
+                &users,
+                &settled(vec![10, 6, 3], wrong.clone()),
+            );
             assert_eq!(v.status, Status::Mismatch, "{wrong:?}");
             assert!(v.campaigns.iter().all(|c| c.difference == 0));
         }

@@ -240,7 +240,11 @@ async fn stats(State(f): State<Fake>, Path(id): Path<String>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     let mut total = keys.len() as u64;
-    let mut users = keys.iter().map(|(_, user)| user).collect::<HashSet<_>>().len() as u64;
+    let mut users = keys
+        .iter()
+        .map(|(_, user)| user)
+        .collect::<HashSet<_>>()
+        .len() as u64;
     if c.campaigns.first() == Some(&id) {
         match f.behaviour {
             Behaviour::Exact => {}

@@ -47,7 +47,7 @@ fn main() {
     };
     let config = EngineConfig::default();
 
-    let store = DiskStore::open(dir.path(), options, config.clone(), Arc::clone(&clock)).unwrap();
+    let store = DiskStore::open(dir.path(), options, config.clone(), clock.now()).unwrap();
     let id = CampaignId::from_uuid(uuid::Uuid::from_u128(1));
     let ad = AdId::parse("ad").unwrap();
     let started = Instant::now();
@@ -88,7 +88,7 @@ fn main() {
     let time_open = |label: &str| -> Duration {
         let started = Instant::now();
         let store =
-            DiskStore::open(dir.path(), options, config.clone(), Arc::clone(&clock)).unwrap();
+            DiskStore::open(dir.path(), options, config.clone(), clock.now()).unwrap();
         let took = started.elapsed();
         assert_eq!(store.memory().engine().live_dedup_keys() as u64, n);
         println!(
@@ -107,7 +107,7 @@ fn main() {
             segment_bytes: 4096,
             ..options
         };
-        let store = DiskStore::open(dir.path(), small, config.clone(), Arc::clone(&clock)).unwrap();
+        let store = DiskStore::open(dir.path(), small, config.clone(), clock.now()).unwrap();
         runtime.block_on(async {
             let filler: Vec<Impression> = (0..100)
                 .map(|k| Impression {
@@ -122,7 +122,7 @@ fn main() {
         });
     }
     let started = Instant::now();
-    let store = DiskStore::open(dir.path(), options, config.clone(), Arc::clone(&clock)).unwrap();
+    let store = DiskStore::open(dir.path(), options, config.clone(), clock.now()).unwrap();
     println!(
         "restart (one snapshot): opened in {:.2} s with {} live keys ({:.0} MiB on disk)",
         started.elapsed().as_secs_f64(),

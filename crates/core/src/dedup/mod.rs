@@ -367,6 +367,22 @@ impl DedupIndex {
         }
     }
 
+    /// Calls `f` with each shard's live keys and their latest counted
+    /// times, copied out under the shard's lock and handed over after it is
+    /// released: a caller doing slow work per shard (writing a file) holds
+    /// up that shard's writers only for the copy.
+    pub fn for_each_shard(&self, mut f: impl FnMut(&[(Fingerprint, Timestamp)])) {
+        let mut entries = Vec::new();
+        for shard in &self.shards {
+            entries.clear();
+            {
+                let shard = shard.0.lock();
+                entries.extend(shard.live_entries().map(|e| (e.fp, e.last_counted())));
+            }
+            f(&entries);
+        }
+    }
+
     /// Records that `fp` was counted at `last` (from a snapshot or a log):
     /// the key's latest counted time becomes the later of what it was and
     /// `last`. Idempotent; entries already expired at `now` are skipped.

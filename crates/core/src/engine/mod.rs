@@ -516,6 +516,25 @@ impl Engine {
         self.dedup.for_each(f);
     }
 
+    /// Calls `f` with the live dedup keys and their latest counted times a
+    /// shard at a time, each copied under its shard's lock and handed over
+    /// after it (see [`DedupIndex::for_each_shard`]).
+    pub fn for_each_dedup_shard(&self, f: impl FnMut(&[(Fingerprint, Timestamp)])) {
+        self.dedup.for_each_shard(f);
+    }
+
+    /// The ids of every campaign, in id order.
+    pub fn campaign_ids(&self) -> Vec<CampaignId> {
+        self.campaigns.read().keys().copied().collect()
+    }
+
+    /// One campaign and its counters as plain data, as of now.
+    pub fn snapshot_campaign(&self, id: CampaignId) -> Option<CampaignSnapshot> {
+        let campaigns = self.campaigns.read();
+        let slot = campaigns.get(&id)?;
+        Some(slot.windows.lock().snapshot(&slot.campaign))
+    }
+
     /// Restores a campaign and its counters from a snapshot.
     pub fn restore_campaign(&self, snapshot: CampaignSnapshot) -> Result<(), RestoreError> {
         let mut campaigns = self.campaigns.write();

@@ -325,7 +325,7 @@ pub async fn open(
             let (dir, options) = (dir.clone(), *options);
             // Loading replays files: keep it off the async threads.
             let store = tokio::task::spawn_blocking(move || {
-                disk::DiskStore::open(&dir, options, engine, clock)
+                disk::DiskStore::open(&dir, options, engine, clock.now())
             })
             .await
             .map_err(|e| StoreError::internal_by("the loading thread failed", e))?

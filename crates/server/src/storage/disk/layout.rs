@@ -3,7 +3,8 @@
 //! ```text
 //! DATA_DIR/LOCK                   held (flock) by the running process
 //! DATA_DIR/wal-00000007.log       log segment 7
-//! DATA_DIR/snapshot-00000007.snap state before segment 7 (segments 0..=6 folded in)
+//! DATA_DIR/snapshot-00000007.snap state as of segment 7 (segments 0..=6 folded in, and
+//!                                 of segment 7 and later what each campaign's position says)
 //! DATA_DIR/*.tmp                  an unfinished snapshot or secret (deleted on start)
 //! DATA_DIR/pixel-id.secret        the pixel id secret, once made (secret.rs)
 //! ```
@@ -19,6 +20,16 @@ use std::path::{Path, PathBuf};
 pub const LOG_MAGIC: &[u8; 8] = b"ICWAL\0\0\x01";
 /// Magic of snapshots.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ICSNAP\0\x01";
+
+/// A place in the log: a segment and a byte offset in it. Positions order
+/// as the log does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    /// The segment's number.
+    pub segment: u64,
+    /// Bytes from the start of the segment's file (its magic included).
+    pub offset: u64,
+}
 
 /// Path of log segment `n`.
 pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -65,11 +76,6 @@ impl Listing {
         listing.snapshots.sort_unstable();
         Ok(listing)
     }
-
-    /// The newest snapshot at or before segment `upto`.
-    pub fn snapshot_before(&self, upto: u64) -> Option<u64> {
-        self.snapshots.iter().rev().copied().find(|&n| n <= upto)
-    }
 }
 
 fn number(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
@@ -100,8 +106,6 @@ mod tests {
         assert_eq!(l.segments, vec![2, 10]);
         assert_eq!(l.snapshots, vec![2]);
         assert_eq!(l.temporary.len(), 1);
-        assert_eq!(l.snapshot_before(10), Some(2));
-        assert_eq!(l.snapshot_before(1), None);
         assert_eq!(
             segment_path(dir.path(), 10),
             dir.path().join("wal-00000010.log")

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::layout::{LOG_MAGIC, segment_path};
+use super::layout::{LOG_MAGIC, LogPosition, segment_path};
 use super::sync::Syncer;
 use super::{DiskError, DiskOptions, frame, io_error};
 use crate::bulk;
@@ -71,6 +71,14 @@ impl Writer {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// Where the next frame will be written.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            segment: self.segment,
+            offset: self.segment_len,
+        }
+    }
 }
 
 /// The log's append side.
@@ -85,8 +93,6 @@ pub struct Log {
 
 /// What rotation tells its caller: a segment was closed.
 pub struct Closed {
-    /// The new segment's number; everything before it is closed.
-    pub next: u64,
     /// The closed segment's length.
     pub bytes: u64,
 }
@@ -178,7 +184,7 @@ impl Log {
         w.file = file;
         w.segment = next;
         w.segment_len = LOG_MAGIC.len() as u64;
-        Ok(Closed { next, bytes })
+        Ok(Closed { bytes })
     }
 
     /// Waits for the log to be durable up to `offset` if the policy says

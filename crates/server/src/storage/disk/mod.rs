@@ -18,8 +18,9 @@
 //!   answer also waits for the fsync (shared by every writer in flight:
 //!   group commit), so power loss loses nothing acknowledged; with
 //!   `everysec` it loses at most about a second.
-//! * `compaction`: closed segments folded into snapshots in a background
-//!   thread, so disk use follows the live state.
+//! * `compaction`: closed segments replaced by snapshots of the live state,
+//!   taken in a background thread while writes go on, so disk use follows
+//!   the live state.
 //! * `recovery`: the directory's lock, the newest snapshot and the
 //!   segments after it replayed at start.
 //! * `frame`, `record`, `snapshot`, `layout`: the bytes on disk,
@@ -45,7 +46,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, Clock, EngineConfig, Fingerprint, Impression, MemoryUse,
+    AdBreakdown, Campaign, CampaignId, EngineConfig, Fingerprint, Impression, MemoryUse,
     Metric, Resolution, Stats, Timestamp, TrackOutcome, user_hash,
 };
 
@@ -135,12 +136,16 @@ pub struct DiskOptions {
     pub segment_bytes: u64,
 }
 
-/// The durable backend: a [`MemoryStore`] and its log.
-pub struct DiskStore {
+/// What the store and its compactor share: the live state and its log.
+struct Core {
     memory: MemoryStore,
     log: Log,
+}
+
+/// The durable backend: a [`MemoryStore`] and its log.
+pub struct DiskStore {
+    core: Arc<Core>,
     compactor: Compactor,
-    clock: Arc<dyn Clock>,
     /// The data directory.
     dir: PathBuf,
     /// The pixel id secret, once read or made (see `secret.rs`).
@@ -150,19 +155,19 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
-    /// Opens (or creates) the data directory and rebuilds the state from it.
-    /// Blocking: it reads every file.
+    /// Opens (or creates) the data directory and rebuilds the state from it
+    /// as of `now`. Blocking: it reads every file.
     pub fn open(
         dir: &Path,
         options: DiskOptions,
         config: EngineConfig,
-        clock: Arc<dyn Clock>,
+        now: Timestamp,
     ) -> Result<Self, DiskError> {
         std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
         let lock = recovery::lock_dir(dir)?;
         let started = std::time::Instant::now();
-        let memory = MemoryStore::new(config.clone());
-        let loaded = recovery::load(dir, memory.engine(), clock.now())?;
+        let memory = MemoryStore::new(config);
+        let loaded = recovery::load(dir, memory.engine(), now)?;
         let log = Log::start(dir, options, loaded.next_segment)?;
         tracing::info!(
             dir = %dir.display(),
@@ -175,14 +180,11 @@ impl DiskStore {
         Ok(DiskStore {
             compactor: Compactor::new(
                 dir,
-                config,
                 options.segment_bytes,
                 loaded.snapshot_bytes,
                 loaded.replayed_bytes,
             ),
-            memory,
-            log,
-            clock,
+            core: Arc::new(Core { memory, log }),
             dir: dir.to_owned(),
             id_secret: Mutex::new(None),
             _lock: lock,
@@ -191,18 +193,21 @@ impl DiskStore {
 
     /// The store inside, for tests and benchmarks that look beneath the API.
     pub fn memory(&self) -> &MemoryStore {
-        &self.memory
+        &self.core.memory
+    }
+
+    fn log(&self) -> &Log {
+        &self.core.log
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        self.log.check_writable().map_err(unwritable)
+        self.log().check_writable().map_err(unwritable)
     }
 
     /// A segment was closed by an append: compaction may be due.
     fn closed(&self, closed: Option<Closed>) {
         if let Some(closed) = closed {
-            self.compactor
-                .segment_closed(closed.bytes, closed.next, self.clock.now());
+            self.compactor.segment_closed(&self.core, closed.bytes);
         }
     }
 
@@ -215,11 +220,11 @@ impl DiskStore {
         batch: &[Impression],
         now: Timestamp,
     ) -> Result<(Vec<TrackOutcome>, u64), StoreError> {
-        let mut w = self.log.lock();
-        let outcomes = self.memory.apply_now(batch, now);
+        let mut w = self.log().lock();
+        let outcomes = self.memory().apply_now(batch, now);
         w.payload.clear();
         record::begin_counted(&mut w.payload);
-        let scope = self.memory.engine().config().scope;
+        let scope = self.memory().engine().config().scope;
         let mut counted = 0;
         for (imp, outcome) in batch.iter().zip(&outcomes) {
             if *outcome == TrackOutcome::Counted {
@@ -240,7 +245,7 @@ impl DiskStore {
         if counted == 0 {
             return Ok((outcomes, w.offset()));
         }
-        let (offset, closed) = self.log.append(&mut w).map_err(unwritable)?;
+        let (offset, closed) = self.log().append(&mut w).map_err(unwritable)?;
         drop(w);
         self.closed(closed);
         Ok((outcomes, offset))
@@ -260,20 +265,20 @@ impl Store for DiskStore {
     async fn create_campaign(&self, campaign: Campaign) -> Result<Arc<Campaign>, StoreError> {
         self.check_writable()?;
         let (created, offset, closed) = {
-            let mut w = self.log.lock();
-            let created = self.memory.create_now(campaign)?;
+            let mut w = self.log().lock();
+            let created = self.memory().create_now(campaign)?;
             w.payload.clear();
             record::encode_campaign(&mut w.payload, &created);
-            let (offset, closed) = self.log.append(&mut w).map_err(unwritable)?;
+            let (offset, closed) = self.log().append(&mut w).map_err(unwritable)?;
             (created, offset, closed)
         };
         self.closed(closed);
-        self.log.durable(offset).await.map_err(unwritable)?;
+        self.log().durable(offset).await.map_err(unwritable)?;
         Ok(created)
     }
 
     async fn campaign(&self, id: CampaignId) -> Result<Option<Arc<Campaign>>, StoreError> {
-        self.memory.campaign(id).await
+        self.memory().campaign(id).await
     }
 
     async fn list_campaigns(
@@ -281,7 +286,7 @@ impl Store for DiskStore {
         after: Option<CampaignId>,
         limit: usize,
     ) -> Result<Vec<Arc<Campaign>>, StoreError> {
-        self.memory.list_campaigns(after, limit).await
+        self.memory().list_campaigns(after, limit).await
     }
 
     async fn apply(
@@ -293,12 +298,12 @@ impl Store for DiskStore {
         let large = bulk::is_large_batch(batch.len());
         let (outcomes, offset) = bulk::run(Bulk::Apply, large, || self.count_and_log(batch, now))?;
         // Waiting for the disk is not bulk work: it happens here.
-        self.log.durable(offset).await.map_err(unwritable)?;
+        self.log().durable(offset).await.map_err(unwritable)?;
         Ok(outcomes)
     }
 
     async fn stats(&self, id: CampaignId, now: Timestamp) -> Result<Option<Stats>, StoreError> {
-        self.memory.stats(id, now).await
+        self.memory().stats(id, now).await
     }
 
     async fn ad_stats(
@@ -306,7 +311,7 @@ impl Store for DiskStore {
         id: CampaignId,
         now: Timestamp,
     ) -> Result<Option<AdBreakdown>, StoreError> {
-        self.memory.ad_stats(id, now).await
+        self.memory().ad_stats(id, now).await
     }
 
     async fn timeseries(
@@ -317,7 +322,7 @@ impl Store for DiskStore {
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        self.memory
+        self.memory()
             .timeseries(id, resolution, metric, first, count)
             .await
     }
@@ -327,8 +332,8 @@ impl Store for DiskStore {
     }
 
     async fn maintain(&self, now: Timestamp) {
-        self.memory.maintain(now).await;
-        self.compactor.catch_up(self.log.current_segment(), now);
+        self.memory().maintain(now).await;
+        self.compactor.catch_up(&self.core);
     }
 
     fn acknowledges_after_apply(&self) -> bool {
@@ -336,32 +341,25 @@ impl Store for DiskStore {
     }
 
     fn live_keys_estimate(&self) -> Option<u64> {
-        self.memory.live_keys_estimate()
+        self.memory().live_keys_estimate()
     }
 
     fn is_live_key(&self, impression: &Impression, now: Timestamp) -> bool {
-        self.memory.is_live_key(impression, now)
+        self.memory().is_live_key(impression, now)
     }
 
-    /// The live state, plus the engine a running compaction is building
-    /// (about as large, while it runs).
+    /// The live state. (A running compaction copies one campaign or one
+    /// dedup shard at a time: transient, like a request's body.)
     fn memory_use(&self) -> MemoryUse {
-        let live = self.memory.memory_use();
-        let compacting = self.compactor.memory_use();
-        MemoryUse {
-            dedup: live.dedup + compacting.dedup,
-            counters: live.counters + compacting.counters,
-            campaigns: live.campaigns + compacting.campaigns,
-            sketches: live.sketches + compacting.sketches,
-        }
+        self.memory().memory_use()
     }
 
     fn would_count(&self, impression: &Impression, now: Timestamp) -> bool {
-        self.memory.would_count(impression, now)
+        self.memory().would_count(impression, now)
     }
 
     fn gauges(&self) -> StoreGauges {
-        self.memory.gauges()
+        self.memory().gauges()
     }
 
     /// Read from (or made once into) `DATA_DIR/pixel-id.secret`. The file
@@ -382,7 +380,7 @@ impl Store for DiskStore {
         // Joins the compactor and the fsync thread: blocking work.
         bulk::blocking(|| {
             self.compactor.finish();
-            self.log.close()
+            self.log().close()
         })
         .map_err(|e| StoreError::internal_by("the final fsync of the log failed", e))
     }

@@ -15,9 +15,10 @@
 //! live dedup keys from the fingerprint and time. Duplicates change nothing
 //! and are not logged.
 //!
-//! Snapshot sections: `14` campaign with its counters, `11` a chunk of dedup
-//! entries (fingerprint, latest counted time), `12` the end, with counts to
-//! check that nothing is missing.
+//! Snapshot sections: `15` the log position (segment (8), offset (8)) the
+//! next campaign was captured at, `14` campaign with its counters, `11` a
+//! chunk of dedup entries (fingerprint, latest counted time), `12` the end,
+//! with counts to check that nothing is missing.
 //!
 //! A campaign section (`14`): campaign, its own counter (total (8), minute
 //! count (4), per minute: minute (8) and 60 per-second counts (4 each), hour
@@ -37,6 +38,8 @@ use impression_core::{
     Hll, Timestamp, UniqueCounterParts, UniqueParts, WindowParts,
 };
 
+use super::layout::LogPosition;
+
 const CAMPAIGN: u8 = 1;
 /// Counted impressions without their users (read, no longer written).
 const COUNTED_WITHOUT_USERS: u8 = 2;
@@ -48,6 +51,7 @@ const SNAP_END: u8 = 12;
 /// A campaign without unique users (read, no longer written).
 const SNAP_CAMPAIGN_WITHOUT_USERS: u8 = 13;
 const SNAP_CAMPAIGN: u8 = 14;
+const SNAP_POSITION: u8 = 15;
 
 // Encoded sizes (at least) of the repeated items, to refuse a count the
 // rest of the payload cannot hold before allocating room for it.
@@ -96,6 +100,11 @@ pub enum LogRecord {
 pub enum SnapshotSection {
     /// A campaign and its counters.
     Campaign(CampaignSnapshot),
+    /// The log position the next campaign section was captured at: its
+    /// counters hold every impression logged before it and none after.
+    /// (Sections written before snapshots were taken from the live state
+    /// have none: their campaigns are as of the snapshot's segment.)
+    Position(LogPosition),
     /// Live dedup keys and their latest counted times.
     Dedup(Vec<(Fingerprint, Timestamp)>),
     /// The end, with how many campaigns and keys came before.
@@ -192,6 +201,11 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
                 put_ad(out, state);
             }
         }
+        SnapshotSection::Position(at) => {
+            out.push(SNAP_POSITION);
+            out.extend_from_slice(&at.segment.to_le_bytes());
+            out.extend_from_slice(&at.offset.to_le_bytes());
+        }
         SnapshotSection::Dedup(entries) => {
             out.push(SNAP_DEDUP);
             #[allow(
@@ -243,6 +257,10 @@ pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
                 ads_limit_exceeded,
             })
         }
+        SNAP_POSITION => SnapshotSection::Position(LogPosition {
+            segment: r.u64()?,
+            offset: r.u64()?,
+        }),
         SNAP_DEDUP => {
             let n = r.count(DEDUP_ENTRY_BYTES)?;
             let mut entries = Vec::with_capacity(n);
@@ -670,6 +688,10 @@ mod tests {
                 )],
                 other_ads: AdSnapshot::default(),
                 ads_limit_exceeded: true,
+            }),
+            SnapshotSection::Position(LogPosition {
+                segment: 7,
+                offset: u64::MAX - 1,
             }),
             SnapshotSection::Dedup(vec![(
                 Fingerprint::from_u128(9),

@@ -1,5 +1,7 @@
 //! Starting from a data directory: its lock, then the newest snapshot and
-//! the segments after it, replayed into an engine.
+//! the segments from its number on, replayed into an engine (each
+//! campaign's impressions counted from the position its snapshot section
+//! was captured at: see `snapshot.rs`).
 //!
 //! A torn last frame (a crash mid-write, never acknowledged) is truncated
 //! with a warning; damage anywhere else stops the start with the file and
@@ -14,8 +16,9 @@ use std::time::{Duration, Instant};
 use impression_core::{Engine, Timestamp};
 
 use super::frame::{self, Ending, FrameReader};
-use super::layout::{LOG_MAGIC, Listing, segment_path, snapshot_path};
+use super::layout::{LOG_MAGIC, Listing, LogPosition, segment_path, snapshot_path};
 use super::record::{self, LogRecord};
+use super::snapshot::Positions;
 use super::{DiskError, io_error, snapshot};
 
 /// What loading found.
@@ -35,9 +38,10 @@ pub fn load(dir: &Path, engine: &Engine, now: Timestamp) -> Result<Loaded, DiskE
     let listing = Listing::read(dir).map_err(io_error(format!("listing {}", dir.display())))?;
     let base = listing.snapshots.last().copied();
     let mut snapshot_bytes = 0;
+    let mut positions = Positions::new();
     if let Some(n) = base {
         let path = snapshot_path(dir, n);
-        snapshot::load(&path, engine, now)?;
+        positions = snapshot::load(&path, engine, now)?;
         snapshot_bytes = file_len(&path);
     }
     let base = base.unwrap_or(0);
@@ -50,7 +54,7 @@ pub fn load(dir: &Path, engine: &Engine, now: Timestamp) -> Result<Loaded, DiskE
     let mut replayed_bytes = 0;
     for (i, &n) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        replayed_bytes += replay_segment(&segment_path(dir, n), engine, now, last)?;
+        replayed_bytes += replay_segment(dir, n, engine, now, last, &positions)?;
     }
     let leftovers = listing
         .segments
@@ -76,15 +80,20 @@ pub fn load(dir: &Path, engine: &Engine, now: Timestamp) -> Result<Loaded, DiskE
     })
 }
 
-/// Replays one segment into `engine`. Returns its length after any
-/// truncation of a torn tail (allowed only in the `last` segment: every
-/// closed segment was fsynced complete).
+/// Replays segment `segment` of `dir` into `engine`: a counted impression
+/// of a campaign the snapshot captured at a later position only restores
+/// its key (the campaign's counters have it already). Returns the
+/// segment's length after any truncation of a torn tail (allowed only in
+/// the `last` segment: every closed segment was fsynced complete).
 pub fn replay_segment(
-    path: &Path,
+    dir: &Path,
+    segment: u64,
     engine: &Engine,
     now: Timestamp,
     last: bool,
+    positions: &Positions,
 ) -> Result<u64, DiskError> {
+    let path = &segment_path(dir, segment);
     let mut reader = FrameReader::open(path, LOG_MAGIC)?;
     let corrupt = |offset: u64, reason: String| DiskError::Corrupt {
         path: path.to_owned(),
@@ -98,7 +107,12 @@ pub fn replay_segment(
                 let _ = engine.create_campaign(c);
             }
             LogRecord::Counted(items) => {
+                let here = LogPosition { segment, offset };
                 for i in items {
+                    if positions.get(&i.campaign_id).is_some_and(|&at| here < at) {
+                        engine.restore_dedup_entry(i.fingerprint, i.timestamp, now);
+                        continue;
+                    }
                     if !engine.replay_counted(
                         i.campaign_id,
                         &i.ad_id,
