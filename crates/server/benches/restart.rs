@@ -87,8 +87,7 @@ fn main() {
 
     let time_open = |label: &str| -> Duration {
         let started = Instant::now();
-        let store =
-            DiskStore::open(dir.path(), options, config.clone(), clock.now()).unwrap();
+        let store = DiskStore::open(dir.path(), options, config.clone(), clock.now()).unwrap();
         let took = started.elapsed();
         assert_eq!(store.memory().engine().live_dedup_keys() as u64, n);
         println!(

@@ -122,11 +122,14 @@ impl AdState {
         }
     }
 
-    fn snapshot(&self) -> AdSnapshot {
-        AdSnapshot {
+    /// Its state as plain data, and what putting held-back users in grew.
+    fn snapshot(&mut self) -> (AdSnapshot, isize) {
+        let sketches = self.users.flush();
+        let snapshot = AdSnapshot {
             counts: self.counts.to_parts(),
             users: self.users.to_parts(),
-        }
+        };
+        (snapshot, sketches)
     }
 
     fn restore(history_hours: u64, snapshot: AdSnapshot) -> Result<Self, HllParseError> {
@@ -268,36 +271,63 @@ impl CampaignCounters {
     }
 
     /// Distinct users per minute or hour bucket, each at most the bucket's
-    /// impressions; per second there are no user sketches: zeros.
-    pub(super) fn user_series(&self, resolution: Resolution, first: u64, count: usize) -> Vec<u64> {
+    /// impressions; per second there are no user sketches: zeros. Also
+    /// what putting held-back users in grew.
+    pub(super) fn user_series(
+        &mut self,
+        resolution: Resolution,
+        first: u64,
+        count: usize,
+    ) -> (Vec<u64>, Growth) {
+        let grew = Growth {
+            counters: 0,
+            sketches: self.users.flush(),
+        };
         let users = match resolution {
-            Resolution::Second => return vec![0; count],
+            Resolution::Second => return (vec![0; count], grew),
             Resolution::Minute => self.users.minute_series(first, count),
             Resolution::Hour => self.users.hour_series(first, count),
         };
         let impressions = self.all.series(resolution, first, count);
-        users
+        let series = users
             .into_iter()
             .zip(impressions)
             .map(|(u, i)| u.min(i))
-            .collect()
+            .collect();
+        (series, grew)
     }
 
-    pub(super) fn snapshot(&self, campaign: &Campaign) -> CampaignSnapshot {
+    /// The whole state as plain data, and what putting held-back users in
+    /// grew.
+    pub(super) fn snapshot(&mut self, campaign: &Campaign) -> (CampaignSnapshot, Growth) {
+        let mut sketches = self.users.flush();
         let mut ads: Vec<(AdId, AdSnapshot)> = self
             .ads
-            .iter()
-            .map(|(ad, state)| (ad.clone(), state.snapshot()))
+            .iter_mut()
+            .map(|(ad, state)| {
+                let (snapshot, grew) = state.snapshot();
+                sketches += grew;
+                (ad.clone(), snapshot)
+            })
             .collect();
         ads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        CampaignSnapshot {
+        let (other_ads, grew) = self.other_ads.snapshot();
+        sketches += grew;
+        let snapshot = CampaignSnapshot {
             campaign: campaign.clone(),
             all: self.all.to_parts(),
             users: self.users.to_parts(),
             ads,
-            other_ads: self.other_ads.snapshot(),
+            other_ads,
             ads_limit_exceeded: self.ads_limit_exceeded,
-        }
+        };
+        (
+            snapshot,
+            Growth {
+                counters: 0,
+                sketches,
+            },
+        )
     }
 
     pub(super) fn restore(

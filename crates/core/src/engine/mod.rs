@@ -494,10 +494,14 @@ impl Engine {
     ) -> Option<Vec<u64>> {
         let campaigns = self.campaigns.read();
         let slot = campaigns.get(&id)?;
-        let counters = slot.windows.lock();
+        let mut counters = slot.windows.lock();
         Some(match metric {
             Metric::Impressions => counters.series(resolution, first, count),
-            Metric::UniqueUsers => counters.user_series(resolution, first, count),
+            Metric::UniqueUsers => {
+                let (series, grew) = counters.user_series(resolution, first, count);
+                self.counters_grew(grew);
+                series
+            }
         })
     }
 
@@ -507,7 +511,11 @@ impl Engine {
         self.campaigns
             .read()
             .values()
-            .map(|slot| slot.windows.lock().snapshot(&slot.campaign))
+            .map(|slot| {
+                let (snapshot, grew) = slot.windows.lock().snapshot(&slot.campaign);
+                self.counters_grew(grew);
+                snapshot
+            })
             .collect()
     }
 
@@ -532,7 +540,9 @@ impl Engine {
     pub fn snapshot_campaign(&self, id: CampaignId) -> Option<CampaignSnapshot> {
         let campaigns = self.campaigns.read();
         let slot = campaigns.get(&id)?;
-        Some(slot.windows.lock().snapshot(&slot.campaign))
+        let (snapshot, grew) = slot.windows.lock().snapshot(&slot.campaign);
+        self.counters_grew(grew);
+        Some(snapshot)
     }
 
     /// Restores a campaign and its counters from a snapshot.

@@ -217,6 +217,44 @@ impl Hll {
         self.set_max(index, rank)
     }
 
+    /// Adds many elements by their hashes: the same registers as one
+    /// [`insert_hash`](Self::insert_hash) each, in one tight loop over the
+    /// array form, so the cache misses of one insert overlap the next's.
+    pub fn insert_hashes(&mut self, hashes: &[u64]) {
+        let mut rest = hashes;
+        while let Some((&first, tail)) = rest.split_first() {
+            match &mut self.repr {
+                Repr::Dense(dense) => {
+                    for &hash in rest {
+                        let (index, rank) = pattern(hash);
+                        dense.set_max(index, rank);
+                    }
+                    return;
+                }
+                Repr::Nibble(nibble) => {
+                    let done = rest
+                        .iter()
+                        .take_while(|&&hash| {
+                            let (index, rank) = pattern(hash);
+                            nibble.set_max(index, rank) != SetOutcome::Full
+                        })
+                        .count();
+                    // The one that did not fit changes the form; the rest
+                    // go on in the new one.
+                    let Some(&full) = rest.get(done) else {
+                        return;
+                    };
+                    self.insert_hash(full);
+                    rest = &rest[done + 1..];
+                }
+                Repr::Sparse(_) => {
+                    self.insert_hash(first);
+                    rest = tail;
+                }
+            }
+        }
+    }
+
     fn set_max(&mut self, index: usize, value: u8) -> bool {
         let outcome = match &mut self.repr {
             Repr::Dense(dense) => return dense.set_max(index, value),

@@ -93,6 +93,7 @@ impl Nibble {
 
     /// Raises register `index` to `value` (≤ 63) if lower; `Full` when that
     /// needs a new entry in a full `high`.
+    #[inline]
     pub(super) fn set_max(&mut self, index: usize, value: u8) -> SetOutcome {
         let n = self.nibble(index);
         if n < ESCAPE {

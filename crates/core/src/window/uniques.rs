@@ -29,6 +29,18 @@
 //! impressions` always holds. Minutes stamped slightly ahead of `m` (clock
 //! skew) are inside every window, as for impressions.
 //!
+//! # Recording in bulk
+//!
+//! Past a few thousand users a minute's sketch is a 8–12 KiB register
+//! array, and an insert is one random byte in it: a cache miss when it
+//! comes between other work (a dedup lookup, the next campaign's counters),
+//! which cost as much as the rest of tracking together. So a user of the
+//! newest minute is held back in a short list (up to 256) and put in with
+//! the others in one tight loop, whose misses overlap; every read, and the
+//! upkeep every second, puts them in first, so nothing reads a sketch that
+//! misses a user. A sketch's registers do not depend on the order of its
+//! inserts, so the counts are the same either way.
+//!
 //! # Reads in constant time
 //!
 //! A window is a union of up to 60 sketches. The counter keeps the unions
@@ -123,10 +135,17 @@ pub struct UniqueCounter {
     open_hour: u64,
     history_hours: u64,
     unions: Option<Box<Unions>>,
+    /// Users recorded in the newest minute and not yet in its sketch (see
+    /// "Recording in bulk" in the module documentation).
+    pending: Vec<u64>,
     /// Heap bytes of the minute and hour sketches and the total, kept as
     /// they change, so accounting never walks them.
     sketch_bytes: usize,
 }
+
+/// Users held back for the newest minute's sketch before they are put in
+/// together: 2 KiB a counter at most.
+const PENDING_MAX: usize = 256;
 
 impl UniqueCounter {
     /// An empty counter keeping `history_hours` hour sketches (at least
@@ -139,6 +158,7 @@ impl UniqueCounter {
             open_hour: 0,
             history_hours: history_hours.max(MIN_HISTORY_HOURS),
             unions: None,
+            pending: Vec::new(),
             sketch_bytes: 0,
         }
     }
@@ -147,10 +167,37 @@ impl UniqueCounter {
     /// impression counted at `t`, observed at `now`. Returns the change in
     /// [`UniqueCounter::heap_bytes`].
     pub fn record(&mut self, t: Timestamp, user: u64, now: Timestamp) -> isize {
-        let mut grew = self.close_hours(now);
+        let mut grew = if now.as_secs() / 3600 > self.open_hour {
+            self.close_hours(now)
+        } else {
+            0
+        };
         let minute = t.as_secs() / 60;
         let hour = minute / 60;
         let now_minute = now.as_secs() / 60;
+        // The common case, an impression of the newest minute: held back
+        // and put in with the next ones.
+        let newest = self.minutes.back().map(|m| u64::from(m.minute));
+        if newest == Some(minute)
+            && minute + MINUTES_BACK >= now_minute
+            && hour >= self.open_hour
+            && self.unions.as_ref().is_none_or(|u| minute >= u.minute)
+        {
+            let capacity = self.pending.capacity();
+            self.pending.push(user);
+            grew += growth(
+                capacity * size_of::<u64>(),
+                self.pending.capacity() * size_of::<u64>(),
+            );
+            if let Some(unions) = &mut self.unions {
+                unions.answer = None;
+            }
+            if self.pending.len() >= PENDING_MAX {
+                grew += self.flush();
+            }
+            return grew;
+        }
+        grew += self.flush();
         let mut changed = false;
         let mut sketches = 0;
         if minute + MINUTES_BACK >= now_minute
@@ -205,6 +252,7 @@ impl UniqueCounter {
     }
 
     fn answer(&mut self, now: Timestamp, impressions: WindowImpressions) -> UniqueStats {
+        self.flush();
         let raw = self.raw_answer(now);
         UniqueStats {
             last_hour: raw.last_hour.min(impressions.last_hour),
@@ -237,9 +285,31 @@ impl UniqueCounter {
         answer
     }
 
+    /// Puts the users held back into the newest minute's sketch; returns
+    /// the change in [`UniqueCounter::heap_bytes`]. Reads do it themselves;
+    /// call it before [`minute_series`](Self::minute_series),
+    /// [`hour_series`](Self::hour_series) and
+    /// [`to_parts`](Self::to_parts), which read as they are.
+    pub fn flush(&mut self) -> isize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let Some(newest) = self.minutes.back_mut() else {
+            // Unreachable: users are only held back for an existing minute.
+            self.pending.clear();
+            return 0;
+        };
+        let before = newest.sketch.heap_bytes();
+        newest.sketch.insert_hashes(&self.pending);
+        let grew = growth(before, newest.sketch.heap_bytes());
+        self.sketch_bytes = self.sketch_bytes.saturating_add_signed(grew);
+        self.pending.clear();
+        grew
+    }
+
     /// Distinct users of `count` consecutive minutes, the first being minute
     /// `first` (Unix minutes); zero where nobody was counted. Exact for the
-    /// last day.
+    /// last day, once [`flush`](Self::flush)ed.
     pub fn minute_series(&self, first: u64, count: usize) -> Vec<u64> {
         let mut out = vec![0u64; count];
         let end = first.saturating_add(count as u64);
@@ -304,6 +374,16 @@ impl UniqueCounter {
     /// change in [`UniqueCounter::heap_bytes`].
     pub fn prune(&mut self, now: Timestamp) -> isize {
         let before = self.heap_bytes();
+        self.flush();
+        if self.pending.capacity() > 0
+            && self
+                .minutes
+                .back()
+                .is_none_or(|m| u64::from(m.minute) + 1 < now.as_secs() / 60)
+        {
+            // Idle for a minute: give the buffer back.
+            self.pending = Vec::new();
+        }
         self.close_hours(now);
         let now_minute = now.as_secs() / 60;
         while let Some(m) = self
@@ -346,6 +426,7 @@ impl UniqueCounter {
         self.minutes.capacity() * size_of::<Minute>()
             + self.hours.capacity() * size_of::<Hour>()
             + self.sketch_bytes
+            + self.pending.capacity() * size_of::<u64>()
             + self.unions.as_ref().map_or(0, |u| {
                 size_of::<Unions>()
                     + u.hour.heap_bytes()
@@ -354,8 +435,10 @@ impl UniqueCounter {
             })
     }
 
-    /// The contents, for a snapshot (the unions are rebuilt when read).
+    /// The contents, for a snapshot (the unions are rebuilt when read), once
+    /// [`flush`](Self::flush)ed.
     pub fn to_parts(&self) -> UniqueCounterParts {
+        debug_assert!(self.pending.is_empty(), "to_parts before flush");
         UniqueCounterParts {
             minutes: self
                 .minutes
@@ -475,6 +558,7 @@ impl UniqueCounter {
             return 0;
         }
         let before = self.heap_bytes();
+        self.flush();
         let mut sketches = 0;
         // Hours with minutes still to fold: from the first open minute on.
         let first = self
@@ -721,6 +805,7 @@ mod tests {
         ] {
             c.record(at(t), user(u), at(now));
         }
+        c.flush();
         assert_eq!(c.minute_series(T0 / 60, 3), vec![1, 1, 0]);
         assert_eq!(c.hour_series(T0 / 3600, 3), vec![2, 1, 2]);
     }

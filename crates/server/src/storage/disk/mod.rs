@@ -46,8 +46,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use impression_core::{
-    AdBreakdown, Campaign, CampaignId, EngineConfig, Fingerprint, Impression, MemoryUse,
-    Metric, Resolution, Stats, Timestamp, TrackOutcome, user_hash,
+    AdBreakdown, Campaign, CampaignId, EngineConfig, Fingerprint, Impression, MemoryUse, Metric,
+    Resolution, Stats, Timestamp, TrackOutcome, user_hash,
 };
 
 use parking_lot::Mutex;
