@@ -140,6 +140,38 @@ impl ReferenceModel {
         )
     }
 
+    /// `metric` over UTC ranges `[from, to)`, as the engine's
+    /// `range_counts`: impressions stamped in the range; distinct users of
+    /// the hours starting in it (all history is kept here: callers stay
+    /// within the engine's).
+    pub fn range_counts(
+        &self,
+        id: CampaignId,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> Option<Vec<u64>> {
+        self.starts.get(&id)?;
+        Some(
+            ranges
+                .iter()
+                .map(|&(from, to)| match metric {
+                    Metric::Impressions => self
+                        .of(id)
+                        .filter(|e| (from..to).contains(&e.3.as_secs()))
+                        .count() as u64,
+                    Metric::UniqueUsers => {
+                        let hours = from.div_ceil(3600) * 3600..to.div_ceil(3600) * 3600;
+                        distinct(
+                            self.of(id)
+                                .filter(|e| hours.contains(&e.3.as_secs()))
+                                .map(|e| &e.2),
+                        )
+                    }
+                })
+                .collect(),
+        )
+    }
+
     fn of(&self, id: CampaignId) -> impl Iterator<Item = &(CampaignId, AdId, UserId, Timestamp)> {
         self.counted.iter().filter(move |e| e.0 == id)
     }

@@ -175,6 +175,10 @@ fn every_kind_of_state_is_accounted_within_ten_percent() {
             hours: (0..168).map(|h| (T0 / 3600 + h, 1)).collect(),
         },
         users: UniqueCounterParts::default(),
+        // A year of quarter hours, every hour active.
+        quarters: (0..365 * 24)
+            .map(|h| (T0 / 3600 - h, [1, 2, 3, 4]))
+            .collect(),
         ads: (0..2_000)
             .map(|ad| {
                 (

@@ -6,7 +6,8 @@
 //! TTL and the hour and day edges), out-of-order, late (up to a day) and
 //! slightly future timestamps, and expiry passes must give the same outcome
 //! for every impression and, after every step, the same stats, per-ad stats
-//! and time series for every campaign.
+//! and time series for every campaign, and the same totals (and unique
+//! users) per calendar day in a random time zone.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -68,6 +69,48 @@ fn op(ttl_ms: u64, max_late_ms: i64) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A time zone: one of the hard ones, or any in the database.
+fn zone() -> impl Strategy<Value = String> {
+    let all: Vec<String> = jiff::tz::db()
+        .available()
+        .map(|name| name.as_str().to_owned())
+        .collect();
+    prop_oneof![
+        1 => prop::sample::select(vec![
+            "UTC",
+            "America/New_York",
+            "Europe/Berlin",
+            "Asia/Kathmandu",
+            "Asia/Kolkata",
+            "Australia/Lord_Howe",
+            "Pacific/Chatham",
+            "Pacific/Kiritimati",
+        ])
+        .prop_map(str::to_owned),
+        2 => prop::sample::select(all),
+    ]
+}
+
+/// The UTC seconds `[start, end)` of the local days around `now`: the four
+/// days up to the one holding `now`.
+fn local_days(zone: &str, now_ms: u64) -> Vec<(u64, u64)> {
+    let tz = jiff::tz::TimeZone::get(zone).unwrap();
+    let now = jiff::Timestamp::from_millisecond(i64::try_from(now_ms).unwrap()).unwrap();
+    let today = now.to_zoned(tz.clone()).date();
+    (0..4i32)
+        .rev()
+        .map(|back| {
+            let day = today.checked_sub(jiff::Span::new().days(back)).unwrap();
+            let start = day.to_zoned(tz.clone()).unwrap().timestamp().as_second();
+            let next = day.tomorrow().unwrap().to_zoned(tz.clone()).unwrap();
+            let end = next.timestamp().as_second();
+            let (start, end) = (u64::try_from(start).unwrap(), u64::try_from(end).unwrap());
+            assert_eq!(start % 900, 0, "{zone}: a day starts on a quarter hour");
+            (start, end)
+        })
+        .collect()
+}
+
 fn id(c: usize) -> CampaignId {
     CampaignId::from_uuid(uuid::Uuid::from_u128(c as u128 + 1))
 }
@@ -76,6 +119,7 @@ fn run(
     ttl_ms: u64,
     max_late_ms: i64,
     scope: DedupScope,
+    zone: &str,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
     let ttl = Duration::from_millis(ttl_ms);
@@ -86,6 +130,7 @@ fn run(
         dedup_shards: 4,
         history_hours: 25,
         max_ads_per_campaign: MAX_ADS,
+        daily_history_days: 400,
     });
     let mut model = ReferenceModel::new(ttl, scope, MAX_ADS);
     // Campaign 2 starts 10 s after T0, so early impressions are rejected;
@@ -123,7 +168,29 @@ fn run(
             }
         }
         let ts = Timestamp::from_millis(now);
+        let days = local_days(zone, now);
+        // Users are kept by the hour for `history_hours` (25): the days
+        // that start within the last 24 hours.
+        let recent: Vec<(u64, u64)> = days
+            .iter()
+            .copied()
+            .filter(|&(start, _)| start.div_ceil(3600) + 24 >= ts.as_secs() / 3600)
+            .collect();
         for c in 0..4 {
+            prop_assert_eq!(
+                engine.range_counts(id(c), Metric::Impressions, &days),
+                model.range_counts(id(c), Metric::Impressions, &days),
+                "days {:?} in {}",
+                days,
+                zone
+            );
+            prop_assert_eq!(
+                engine.range_counts(id(c), Metric::UniqueUsers, &recent),
+                model.range_counts(id(c), Metric::UniqueUsers, &recent),
+                "users of days {:?} in {}",
+                recent,
+                zone
+            );
             prop_assert_eq!(engine.stats(id(c), ts), model.stats(id(c), ts));
             prop_assert_eq!(engine.ad_stats(id(c), ts), model.ad_stats(id(c), ts));
             // Time series: the last 90 s by second, the last 90 min by
@@ -153,15 +220,17 @@ fn run(
 
 /// A TTL, a maximum lateness (20 s of queueing, 10 min, or a whole day of
 /// late events) and a sequence of operations.
-fn case() -> impl Strategy<Value = (u64, i64, Vec<Op>)> {
+fn case() -> impl Strategy<Value = (u64, i64, String, Vec<Op>)> {
     (
         1_000..7_200_000u64,
         prop_oneof![Just(20_000i64), Just(600_000), Just(86_400_000)],
+        zone(),
     )
-        .prop_flat_map(|(ttl, late)| {
+        .prop_flat_map(|(ttl, late, zone)| {
             (
                 Just(ttl),
                 Just(late),
+                Just(zone),
                 prop::collection::vec(op(ttl, late), 1..60),
             )
         })
@@ -171,12 +240,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn engine_matches_the_reference_model_with_ad_scope((ttl_ms, late_ms, ops) in case()) {
-        run(ttl_ms, late_ms, DedupScope::Ad, ops)?;
+    fn engine_matches_the_reference_model_with_ad_scope((ttl_ms, late_ms, zone, ops) in case()) {
+        run(ttl_ms, late_ms, DedupScope::Ad, &zone, ops)?;
     }
 
     #[test]
-    fn engine_matches_the_reference_model_with_campaign_scope((ttl_ms, late_ms, ops) in case()) {
-        run(ttl_ms, late_ms, DedupScope::Campaign, ops)?;
+    fn engine_matches_the_reference_model_with_campaign_scope((ttl_ms, late_ms, zone, ops) in case()) {
+        run(ttl_ms, late_ms, DedupScope::Campaign, &zone, ops)?;
     }
 }

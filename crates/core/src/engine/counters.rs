@@ -22,8 +22,8 @@ use crate::stats::{AdBreakdown, Stats};
 use crate::time::Timestamp;
 use crate::uniques::HllParseError;
 use crate::window::{
-    AdCounter, AdParts, Resolution, UniqueCounter, UniqueCounterParts, WindowCounter,
-    WindowImpressions, WindowParts, growth,
+    AdCounter, AdParts, Metric, QuarterCounter, QuarterParts, Resolution, UniqueCounter,
+    UniqueCounterParts, WindowCounter, WindowImpressions, WindowParts, growth,
 };
 
 use super::EngineConfig;
@@ -37,6 +37,8 @@ pub struct CampaignSnapshot {
     pub all: WindowParts,
     /// Its users.
     pub users: UniqueCounterParts,
+    /// Its impressions per quarter hour, over the daily history.
+    pub quarters: QuarterParts,
     /// Its ads' own counters, in ad id order.
     pub ads: Vec<(AdId, AdSnapshot)>,
     /// Counters of ads beyond the limit.
@@ -148,6 +150,7 @@ impl AdState {
 pub(super) struct CampaignCounters {
     all: WindowCounter,
     users: UniqueCounter,
+    quarters: QuarterCounter,
     ads: HashMap<AdId, AdState>,
     other_ads: AdState,
     ads_limit_exceeded: bool,
@@ -164,6 +167,7 @@ impl CampaignCounters {
         CampaignCounters {
             all: WindowCounter::new(config.history_hours),
             users: UniqueCounter::new(config.history_hours),
+            quarters: QuarterCounter::new(config.daily_history_days),
             ads: HashMap::new(),
             other_ads: AdState::new(config.history_hours),
             ads_limit_exceeded: false,
@@ -175,7 +179,10 @@ impl CampaignCounters {
     /// Heap bytes held, all of it, by kind (for restores and tests;
     /// recording keeps the engine's totals up to date by changes instead).
     pub(super) fn heap_bytes(&self) -> Growth {
-        let (mut counters, mut sketches) = (self.all.heap_bytes(), self.users.heap_bytes());
+        let (mut counters, mut sketches) = (
+            self.all.heap_bytes() + self.quarters.heap_bytes(),
+            self.users.heap_bytes(),
+        );
         for state in self.ads.values().chain(std::iter::once(&self.other_ads)) {
             let (c, s) = state.heap_bytes();
             counters += c;
@@ -200,7 +207,7 @@ impl CampaignCounters {
         now: Timestamp,
     ) -> Growth {
         let mut grew = Growth {
-            counters: self.all.record(t, now),
+            counters: self.all.record(t, now) + self.quarters.record(t, now),
             sketches: user.map_or(0, |user| self.users.record(t, user, now)),
         };
         if let Some(state) = self.ads.get_mut(ad) {
@@ -297,6 +304,42 @@ impl CampaignCounters {
         (series, grew)
     }
 
+    /// `metric` over each UTC range `[from, to)` (Unix seconds):
+    /// impressions summed from quarter hours (ranges of whole quarters), or
+    /// the distinct users of the hours that start in the range, each at
+    /// most the impressions of those hours. Also what putting held-back
+    /// users in grew.
+    pub(super) fn range_counts(
+        &mut self,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> (Vec<u64>, Growth) {
+        match metric {
+            Metric::Impressions => (
+                ranges
+                    .iter()
+                    .map(|&(from, to)| self.quarters.sum(from, to))
+                    .collect(),
+                Growth::default(),
+            ),
+            Metric::UniqueUsers => {
+                let grew = Growth {
+                    counters: 0,
+                    sketches: self.users.flush(),
+                };
+                let counts = ranges
+                    .iter()
+                    .map(|&(from, to)| {
+                        let (first, end) = (from.div_ceil(3600), to.div_ceil(3600));
+                        let users = self.users.union_hours(first, end);
+                        users.min(self.quarters.sum(first * 3600, end * 3600))
+                    })
+                    .collect();
+                (counts, grew)
+            }
+        }
+    }
+
     /// The whole state as plain data, and what putting held-back users in
     /// grew.
     pub(super) fn snapshot(&mut self, campaign: &Campaign) -> (CampaignSnapshot, Growth) {
@@ -317,6 +360,7 @@ impl CampaignCounters {
             campaign: campaign.clone(),
             all: self.all.to_parts(),
             users: self.users.to_parts(),
+            quarters: self.quarters.to_parts(),
             ads,
             other_ads,
             ads_limit_exceeded: self.ads_limit_exceeded,
@@ -338,6 +382,8 @@ impl CampaignCounters {
         let mut counters = CampaignCounters::new(config);
         counters.all = WindowCounter::from_parts(history, snapshot.all);
         counters.users = UniqueCounter::from_parts(history, snapshot.users)?;
+        counters.quarters =
+            QuarterCounter::from_parts(config.daily_history_days, snapshot.quarters);
         counters.other_ads = AdState::restore(history, snapshot.other_ads)?;
         counters.ads_limit_exceeded = snapshot.ads_limit_exceeded;
         for (ad, parts) in snapshot.ads {
@@ -349,7 +395,7 @@ impl CampaignCounters {
     /// Drops what no window needs at `now`; returns the change in heap bytes.
     pub(super) fn prune(&mut self, now: Timestamp) -> Growth {
         let mut grew = Growth {
-            counters: self.all.prune(now),
+            counters: self.all.prune(now) + self.quarters.prune(now),
             sketches: self.users.prune(now),
         };
         grew += self.other_ads.prune(now);

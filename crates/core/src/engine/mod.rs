@@ -61,6 +61,9 @@ pub struct EngineConfig {
     /// Distinct ads given their own counters per campaign; impressions of
     /// further ads are counted together (see [`AdBreakdown`]).
     pub max_ads_per_campaign: usize,
+    /// Days of quarter-hour counts kept per campaign, for calendar days in
+    /// any time zone ([`Engine::range_counts`]).
+    pub daily_history_days: u64,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +75,7 @@ impl Default for EngineConfig {
             dedup_shards: 64,
             history_hours: 7 * 24,
             max_ads_per_campaign: 10_000,
+            daily_history_days: 400,
         }
     }
 }
@@ -503,6 +507,25 @@ impl Engine {
                 series
             }
         })
+    }
+
+    /// `metric` of campaign `id` over each UTC range `[from, to)` (Unix
+    /// seconds): impressions for ranges of whole quarter hours (a local day
+    /// or hour in any time zone), exact over the daily history; distinct
+    /// users of the hours that start in each range, over the hourly
+    /// history, each at most those hours' impressions. `None` for an
+    /// unknown campaign.
+    pub fn range_counts(
+        &self,
+        id: CampaignId,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> Option<Vec<u64>> {
+        let campaigns = self.campaigns.read();
+        let slot = campaigns.get(&id)?;
+        let (counts, grew) = slot.windows.lock().range_counts(metric, ranges);
+        self.counters_grew(grew);
+        Some(counts)
     }
 
     /// Every campaign's complete state, in id order (each campaign is

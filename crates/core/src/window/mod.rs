@@ -7,6 +7,8 @@
 //!   history, the total.
 //! * [`UniqueCounter`] ([`uniques`]): a counter's distinct users, by
 //!   minute, hour and in total (unique-user sketches).
+//! * [`QuarterCounter`] ([`quarters`]): a campaign's counts per quarter
+//!   hour over months, which calendar days in any time zone are sums of.
 //! * [`AdCounter`] ([`minutes`]): an ad's counts, exact to the minute:
 //!   per-minute counts for the last day, hour totals for the kept history,
 //!   the total. A campaign may have thousands of ads, and their ids come
@@ -20,10 +22,12 @@
 //! recording changed them, for the engine's memory accounting.
 
 pub mod minutes;
+pub mod quarters;
 pub mod seconds;
 pub mod uniques;
 
 pub use minutes::{AdCounter, AdParts};
+pub use quarters::{QUARTER_SECS, QuarterCounter, QuarterParts, quarters_of};
 pub use seconds::{WindowCounter, WindowParts};
 pub use uniques::{UniqueCounter, UniqueCounterParts, UniqueStats, WindowImpressions};
 

@@ -285,6 +285,28 @@ impl UniqueCounter {
         answer
     }
 
+    /// Distinct users of hours `first .. end` (Unix hours): closed hours'
+    /// sketches and the minutes of open ones, once [`flush`](Self::flush)ed.
+    pub fn union_hours(&self, first: u64, end: u64) -> u64 {
+        let closed_end = end.min(self.open_hour);
+        let from = self.hours.partition_point(|h| u64::from(h.hour) < first);
+        let closed = self
+            .hours
+            .range(from..)
+            .take_while(|h| u64::from(h.hour) < closed_end)
+            .map(|h| &h.sketch);
+        let open_first = first.max(self.open_hour);
+        let from = self
+            .minutes
+            .partition_point(|m| u64::from(m.minute) < open_first * 60);
+        let open = self
+            .minutes
+            .range(from..)
+            .take_while(|m| u64::from(m.minute) < end.saturating_mul(60))
+            .map(|m| &m.sketch);
+        UniqueSketch::union_count(closed.chain(open))
+    }
+
     /// Puts the users held back into the newest minute's sketch; returns
     /// the change in [`UniqueCounter::heap_bytes`]. Reads do it themselves;
     /// call it before [`minute_series`](Self::minute_series),
