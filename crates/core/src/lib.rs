@@ -46,6 +46,6 @@ pub use stats::{AdBreakdown, Stats};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use uniques::{Hll, HllParseError, UniqueParts, UniqueSketch, murmur64a};
 pub use window::{
-    AdCounter, AdParts, Metric, Resolution, UniqueCounter, UniqueCounterParts, UniqueStats,
-    WindowCounter, WindowParts,
+    AdCounter, AdParts, Metric, QUARTER_SECS, QuarterCounter, QuarterParts, Resolution,
+    UniqueCounter, UniqueCounterParts, UniqueStats, WindowCounter, WindowParts, quarters_of,
 };

@@ -125,6 +125,16 @@ pub struct Config {
     #[arg(long, env = "HISTORY", default_value = "7d", value_parser = parse_history)]
     pub history: Duration,
 
+    /// How far back daily reports (`timeseries?resolution=day`) reach:
+    /// quarter-hour counts are kept this long per campaign; 1d ..= 3660d.
+    #[arg(
+        long,
+        env = "DAILY_HISTORY",
+        default_value = "400d",
+        value_parser = parse_daily_history
+    )]
+    pub daily_history: Duration,
+
     /// Most impressions in one batch request.
     #[arg(
         long,
@@ -570,6 +580,13 @@ impl Config {
             max_lateness: self.max_event_age + INGEST_GRACE,
             history_hours: self.history.as_secs().div_ceil(3600),
             max_ads_per_campaign: self.max_ads_per_campaign as usize,
+            // Local hours in zones at a :30 or :45 offset are summed from
+            // quarter hours too: keep them at least as long as HISTORY.
+            daily_history_days: self
+                .daily_history
+                .max(self.history)
+                .as_secs()
+                .div_ceil(86_400),
             ..EngineConfig::default()
         }
     }
@@ -623,6 +640,9 @@ impl Config {
             pixel: self.pixel(),
             client_addr: self.client_addr(),
             history: Duration::from_secs(self.engine().history_hours * 3600),
+            daily_history: Duration::from_secs(
+                self.daily_history.as_secs().div_ceil(86_400) * 86_400,
+            ),
             max_id_bytes: usize::from(self.max_id_bytes),
             max_campaigns: self.max_campaigns,
             max_dedup_keys: self.max_dedup_keys,
@@ -775,6 +795,17 @@ fn parse_history(s: &str) -> Result<Duration, String> {
     Ok(history)
 }
 
+fn parse_daily_history(s: &str) -> Result<Duration, String> {
+    let history = parse_duration(s)?;
+    if history < Duration::from_secs(86_400) {
+        return Err("DAILY_HISTORY must be at least 1d".into());
+    }
+    if history > Duration::from_secs(3660 * 86_400) {
+        return Err("DAILY_HISTORY must be at most 3660d (ten years)".into());
+    }
+    Ok(history)
+}
+
 fn parse_priority(s: &str) -> Result<Priority, String> {
     match s.trim() {
         "idle" => Ok(Priority::Idle),
@@ -900,7 +931,7 @@ mod tests {
             "--enqueue-timeout",
             "--max-clock-skew",
         ];
-        let bounded_before = ["--ttl", "--max-event-age", "--history"];
+        let bounded_before = ["--ttl", "--max-event-age", "--history", "--daily-history"];
         for flag in timeouts.iter().chain(&bounded_before) {
             for value in [fuzzed, "18446744073709551615s"] {
                 let err = parse(&[flag, value]).unwrap_err().to_string();

@@ -32,6 +32,7 @@
 pub mod auth;
 pub mod budget;
 pub mod bulk;
+pub mod calendar;
 pub mod client_addr;
 pub mod config;
 pub mod edge;

@@ -31,6 +31,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}: expected a duration like `3600s`, `90m`, `1h` or `250ms`"))
 }
 
+/// A duration as the settings write it, in its largest whole unit: `400d`,
+/// `25h`, `90m`, `7s` (or milliseconds).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    for (unit, name) in [(86_400, "d"), (3600, "h"), (60, "m")] {
+        if secs.is_multiple_of(unit) {
+            return format!("{}{name}", secs / unit);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// The last instant RFC 3339 can write in UTC: 9999-12-31T23:59:59.999Z.
 const LATEST_MILLIS: u64 = 253_402_300_799_999;
 

@@ -17,6 +17,7 @@
 pub mod admission;
 pub mod batch;
 pub mod campaigns;
+pub mod csv;
 pub mod health;
 pub mod impressions;
 pub mod pixel;
@@ -63,8 +64,11 @@ pub struct ApiSettings {
     pub pixel: PixelSettings,
     /// Who the client is behind proxies.
     pub client_addr: ClientAddrSettings,
-    /// Hourly history kept, bounding `timeseries?resolution=hour`.
+    /// Hourly history kept, bounding `timeseries?resolution=hour` (and
+    /// unique users per day).
     pub history: Duration,
+    /// Daily history kept, bounding `timeseries?resolution=day`.
+    pub daily_history: Duration,
     /// Longest user or ad id accepted, in bytes.
     pub max_id_bytes: usize,
     /// Most campaigns held.

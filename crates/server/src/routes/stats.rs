@@ -4,10 +4,13 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use impression_core::{Stats, UniqueStats};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::csv::Format;
 use super::{AppState, parse_campaign_id};
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::paths;
@@ -126,6 +129,57 @@ pub struct StatsParams {
     /// `ad` adds a breakdown per ad.
     #[param(value_type = Option<Breakdown>, inline)]
     pub by: Option<String>,
+    /// `json` (the default) or `csv` (also chosen by `Accept: text/csv`):
+    /// a header row, then the campaign, each ad and the other ads, one row
+    /// each.
+    #[param(value_type = Option<super::timeseries::AnswerFormat>, inline)]
+    pub format: Option<String>,
+}
+
+/// The CSV columns of a stats answer.
+const CSV_HEADER: [&str; 8] = [
+    "scope",
+    "ad_id",
+    "last_hour",
+    "last_day",
+    "total",
+    "unique_users_last_hour",
+    "unique_users_last_day",
+    "unique_users_total",
+];
+
+fn csv_row(scope: &str, ad_id: &str, s: &WindowCounts) -> [String; 8] {
+    [
+        scope.to_owned(),
+        ad_id.to_owned(),
+        s.last_hour.to_string(),
+        s.last_day.to_string(),
+        s.total.to_string(),
+        s.unique_users.last_hour.to_string(),
+        s.unique_users.last_day.to_string(),
+        s.unique_users.total.to_string(),
+    ]
+}
+
+impl StatsBody {
+    /// The answer as CSV rows: `campaign`, then `ad` per ad (by id), then
+    /// `other_ads` (with `by=ad`).
+    fn csv_rows(&self) -> Vec<[String; 8]> {
+        let campaign = WindowCounts {
+            last_hour: self.last_hour,
+            last_day: self.last_day,
+            total: self.total,
+            unique_users: self.unique_users,
+        };
+        let mut rows = vec![csv_row("campaign", "", &campaign)];
+        for (ad, counts) in self.ads.iter().flatten() {
+            rows.push(csv_row("ad", ad, counts));
+        }
+        if let Some(other) = &self.other_ads {
+            rows.push(csv_row("other_ads", "", other));
+        }
+        rows
+    }
 }
 
 /// Reads a campaign's counts. Constant time whatever the campaign's volume
@@ -136,8 +190,9 @@ pub struct StatsParams {
     tag = "stats",
     params(("id" = String, Path, format = Uuid, description = "Campaign id (UUID)"), StatsParams),
     responses(
-        (status = 200, description = "The counts", body = StatsBody),
-        (status = 400, description = "The id is not a UUID, or `by` is not `ad`", body = ErrorBody),
+        (status = 200, description = "The counts: JSON, or CSV with `format=csv` or `Accept: text/csv`",
+            content((StatsBody = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "The id is not a UUID, `by` is not `ad`, or `format` is neither `json` nor `csv`", body = ErrorBody),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
@@ -146,9 +201,25 @@ pub async fn campaign_stats(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<StatsParams>,
-) -> Result<Json<StatsBody>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = parse_campaign_id(&id)?;
-    let by_ad = match params.by.as_deref() {
+    let format = Format::negotiate(params.format.as_deref(), &headers)?;
+    let body = stats_body(&app, id, params.by.as_deref()).await?;
+    match format {
+        Format::Json => Ok(Json(body).into_response()),
+        Format::Csv => {
+            super::csv::response(&format!("{id}-stats.csv"), &CSV_HEADER, body.csv_rows())
+        }
+    }
+}
+
+async fn stats_body(
+    app: &AppState,
+    id: impression_core::CampaignId,
+    by: Option<&str>,
+) -> Result<StatsBody, ApiError> {
+    let by_ad = match by {
         None => false,
         Some("ad") => true,
         Some(other) => {
@@ -165,7 +236,7 @@ pub async fn campaign_stats(
             .stats(id, now)
             .await?
             .ok_or(ApiError::CampaignNotFound(id))?;
-        return Ok(Json(StatsBody::plain(id.to_string(), stats)));
+        return Ok(StatsBody::plain(id.to_string(), stats));
     }
     // One snapshot for the campaign and its ads, so they always add up.
     let breakdown = app
@@ -184,5 +255,5 @@ pub async fn campaign_stats(
     body.other_ads = Some(breakdown.other.into());
     body.ads_limit = Some(breakdown.limit as u64);
     body.ads_limit_exceeded = Some(breakdown.limit_exceeded);
-    Ok(Json(body))
+    Ok(body)
 }

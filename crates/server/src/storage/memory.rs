@@ -102,6 +102,15 @@ impl Store for MemoryStore {
         Ok(self.engine.timeseries(id, resolution, metric, first, count))
     }
 
+    async fn range_counts(
+        &self,
+        id: CampaignId,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        Ok(self.engine.range_counts(id, metric, ranges))
+    }
+
     async fn check_ready(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -219,6 +219,19 @@ pub trait Store: Send + Sync + 'static {
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError>;
 
+    /// `metric` over each UTC range `[from, to)` (Unix seconds), or `None`
+    /// if the campaign does not exist: impressions stamped in the range
+    /// (ranges of whole quarter hours, within the daily history: a local
+    /// day or hour in any time zone), or the distinct users of the hours
+    /// that start in it (within the hourly history), each at most those
+    /// hours' impressions.
+    async fn range_counts(
+        &self,
+        id: CampaignId,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<u64>>, StoreError>;
+
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn check_ready(&self) -> Result<(), StoreError>;
 

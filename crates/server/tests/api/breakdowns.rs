@@ -144,13 +144,17 @@ async fn defaults_and_limits_of_the_series() {
         ),
         (
             "resolution=minute&window=25h",
-            "at most 1day for resolution=minute",
+            "at most 1d for resolution=minute",
         ),
         (
             "resolution=hour&window=8d",
-            "at most 7days for resolution=hour",
+            "at most 7d for resolution=hour",
         ),
-        ("resolution=day", "resolution must be"),
+        (
+            "resolution=day&window=401d",
+            "at most 400d for resolution=day",
+        ),
+        ("resolution=week", "resolution must be"),
         ("window=0s", "more than 0"),
         ("window=forever", "window:"),
     ] {

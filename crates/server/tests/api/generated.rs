@@ -322,8 +322,28 @@ fn param_value(key: &'static str, campaigns: Vec<String>) -> BoxedStrategy<Strin
         "limit" => (1u32..=1000).prop_map(|n| n.to_string()).boxed(),
         "cursor" | "campaign_id" => uuid_text(campaigns.clone()),
         "by" => words(&["ad"]),
-        "resolution" => words(&["second", "minute", "hour"]),
+        "resolution" => words(&["second", "minute", "hour", "day"]),
         "metric" => words(&["impressions", "unique_users"]),
+        "tz" => words(&[
+            "UTC",
+            "America/New_York",
+            "Asia/Kathmandu",
+            "Australia/Lord_Howe",
+            "Europe/Berlin",
+            "Mars/Olympus",
+            "",
+        ]),
+        "from" | "to" => prop_oneof![
+            words(&[
+                "2024-12-31",
+                "2025-01-01",
+                "2024-12-25",
+                "2023-01-01",
+                "2025-13-01"
+            ]),
+            rfc3339(),
+        ]
+        .boxed(),
         "window" => words(&[
             "1s", "90s", "30m", "1h", "2h", "24h", "7d", "1h 30m", "3600",
         ]),
@@ -927,7 +947,7 @@ async fn reading_campaigns_and_stats_survives_generated_ids_and_queries() {
             .prop_map(|(id, q)| (format!("/api/v1/campaigns/{id}/stats{q}"), 2)),
         (
             id_segment(ids.clone()),
-            query(&["resolution", "window", "metric"], ids)
+            query(&["resolution", "window", "metric", "tz", "from", "to"], ids)
         )
             .prop_map(|(id, q)| (format!("/api/v1/campaigns/{id}/timeseries{q}"), 3)),
     ];
@@ -964,7 +984,10 @@ async fn reading_campaigns_and_stats_survives_generated_ids_and_queries() {
                         Ok(())
                     }
                     _ => {
-                        has_keys(&body, &["campaign_id", "resolution", "metric", "points"])?;
+                        has_keys(
+                            &body,
+                            &["campaign_id", "resolution", "metric", "tz", "points"],
+                        )?;
                         let points = body["points"].as_array().ok_or("points")?;
                         if points.is_empty() {
                             return Err("no points".into());

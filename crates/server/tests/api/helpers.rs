@@ -145,6 +145,16 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// `GET path` with an `Accept` header.
+    pub async fn client_get_with_accept(&self, path: &str, accept: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// `POST /api/v1/impressions` (202 expected by callers that care).
     pub async fn track(&self, campaign: &str, user: &str, ad: &str) -> Response {
         self.post_json(
@@ -313,6 +323,14 @@ impl Store for GatedStore {
         self.inner
             .timeseries(id, resolution, metric, first, count)
             .await
+    }
+    async fn range_counts(
+        &self,
+        id: CampaignId,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        self.inner.range_counts(id, metric, ranges).await
     }
     async fn check_ready(&self) -> Result<(), StoreError> {
         Ok(())

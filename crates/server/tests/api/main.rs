@@ -8,6 +8,7 @@ mod backends;
 mod batch;
 mod breakdowns;
 mod browser;
+mod calendar;
 mod campaigns;
 mod cases;
 mod concurrency;

@@ -55,6 +55,23 @@ fn case() -> impl Strategy<Value = Case> {
         .prop_map(|(ttl, scope, ops)| Case { ttl, scope, ops })
 }
 
+/// The UTC ranges of the four local days in `zone` up to the one holding
+/// `now`.
+fn local_days(zone: &str, now: Timestamp) -> Vec<(u64, u64)> {
+    let zone = impression_counter::calendar::Zone::parse(zone).unwrap();
+    let today = zone.date_at(now.as_secs());
+    let mut day = today;
+    let mut days = Vec::new();
+    for _ in 0..4 {
+        let start = zone.start_of_day(day).unwrap();
+        let end = zone.start_of_day(day.tomorrow().unwrap()).unwrap();
+        days.push((start, end));
+        day = day.yesterday().unwrap();
+    }
+    days.reverse();
+    days
+}
+
 fn id(c: usize) -> CampaignId {
     CampaignId::from_uuid(uuid::Uuid::from_u128(0x00C0_FFEE_0000 + c as u128))
 }
@@ -146,6 +163,28 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
                     "step {step}: ad stats of {c}: {got:?} vs {:?}",
                     model.ad_stats(id(c), ts)
                 ));
+            }
+            // Calendar days in a zone per campaign: the four local days up
+            // to now, impressions and (kept by the hour for HISTORY, 7 days
+            // here) unique users.
+            let zone = [
+                "UTC",
+                "America/New_York",
+                "Asia/Kathmandu",
+                "Australia/Lord_Howe",
+            ][c];
+            let days = local_days(zone, ts);
+            for metric in [Metric::Impressions, Metric::UniqueUsers] {
+                let got = store
+                    .range_counts(id(c), metric, &days)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let want = model.range_counts(id(c), metric, &days);
+                if got != want {
+                    return Err(format!(
+                        "step {step}: {metric:?} per day in {zone} of {c}: {got:?} vs {want:?}"
+                    ));
+                }
             }
             for (resolution, metric, count) in [
                 (Resolution::Second, Metric::Impressions, 70u64),

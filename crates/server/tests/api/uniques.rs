@@ -118,7 +118,7 @@ backend_test! {
         assert_eq!(app.stats(&c).await["unique_users"], users(5));
 
         for (query, needle) in [
-            ("resolution=second&metric=unique_users", "resolution=minute or hour"),
+            ("resolution=second&metric=unique_users", "resolution=minute, hour or day"),
             ("metric=users", "metric must be `impressions` or `unique_users`"),
             ("metric=", "metric must be"),
         ] {

@@ -327,6 +327,15 @@ impl Store for DiskStore {
             .await
     }
 
+    async fn range_counts(
+        &self,
+        id: CampaignId,
+        metric: Metric,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        self.memory().range_counts(id, metric, ranges).await
+    }
+
     async fn check_ready(&self) -> Result<(), StoreError> {
         self.check_writable()
     }

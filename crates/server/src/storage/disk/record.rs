@@ -16,13 +16,15 @@
 //! and are not logged.
 //!
 //! Snapshot sections: `15` the log position (segment (8), offset (8)) the
-//! next campaign was captured at, `14` campaign with its counters, `11` a
+//! next campaign was captured at, `16` campaign with its counters, `11` a
 //! chunk of dedup entries (fingerprint, latest counted time), `12` the end,
 //! with counts to check that nothing is missing.
 //!
-//! A campaign section (`14`): campaign, its own counter (total (8), minute
+//! A campaign section (`16`): campaign, its own counter (total (8), minute
 //! count (4), per minute: minute (8) and 60 per-second counts (4 each), hour
-//! count (4), per hour: hour (8), count (8)) and its users, the other-ads
+//! count (4), per hour: hour (8), count (8)), its users, its quarter hours
+//! (count (4), per hour: hour (8) and its 4 quarters' counts (4 each)), the
+//! other-ads
 //! counter and users, the limit flag (1), ad count (4), per ad: id length
 //! (2), id, its counter and users. Ad counters are minute-exact: total (8),
 //! minute count (4), per minute: minute (8), count (4), hour count (4), per
@@ -30,12 +32,14 @@
 //! count (4), per minute: minute (8) and sketch, hour count (4), per hour:
 //! hour (8) and sketch; a sketch is `0` with a count (4) and that many user
 //! hashes (8 each), or `1` with a length (4) and Redis's HLL bytes.
-//! Sections `13` (no users) and `10` (no users, second-exact ad counters,
-//! summed to minutes) still load.
+//! Sections `14` (no quarter hours: they are taken from the campaign's own
+//! counter, exact for its last day, hour by hour before), `13` (no users
+//! either) and `10` (no users, second-exact ad counters, summed to minutes)
+//! still load.
 
 use impression_core::{
     AdId, AdParts, AdSnapshot, Campaign, CampaignId, CampaignName, CampaignSnapshot, Fingerprint,
-    Hll, Timestamp, UniqueCounterParts, UniqueParts, WindowParts,
+    Hll, QuarterParts, Timestamp, UniqueCounterParts, UniqueParts, WindowParts, quarters_of,
 };
 
 use super::layout::LogPosition;
@@ -50,8 +54,9 @@ const SNAP_DEDUP: u8 = 11;
 const SNAP_END: u8 = 12;
 /// A campaign without unique users (read, no longer written).
 const SNAP_CAMPAIGN_WITHOUT_USERS: u8 = 13;
-const SNAP_CAMPAIGN: u8 = 14;
+const SNAP_CAMPAIGN_WITHOUT_QUARTERS: u8 = 14;
 const SNAP_POSITION: u8 = 15;
+const SNAP_CAMPAIGN: u8 = 16;
 
 // Encoded sizes (at least) of the repeated items, to refuse a count the
 // rest of the payload cannot hold before allocating room for it.
@@ -65,6 +70,7 @@ const PARTS_MIN_BYTES: usize = 8 + 4 + 4;
 const DEDUP_ENTRY_BYTES: usize = 16 + 8;
 const MINUTE_BYTES: usize = 8 + 60 * 4;
 const HOUR_BYTES: usize = 8 + 8;
+const QUARTER_HOUR_BYTES: usize = 8 + 4 * 4;
 
 /// A counted impression as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +195,7 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
             put_campaign(out, &s.campaign);
             put_parts(out, &s.all);
             put_users(out, &s.users);
+            put_quarters(out, &s.quarters);
             put_ad(out, &s.other_ads);
             out.push(u8::from(s.ads_limit_exceeded));
             #[allow(
@@ -230,15 +237,25 @@ pub fn encode_section(out: &mut Vec<u8>, section: &SnapshotSection) {
 pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
     let mut r = Cursor::new(payload);
     let section = match r.u8()? {
-        kind @ (SNAP_CAMPAIGN | SNAP_CAMPAIGN_WITHOUT_USERS | SNAP_CAMPAIGN_SECOND_ADS) => {
+        kind @ (SNAP_CAMPAIGN
+        | SNAP_CAMPAIGN_WITHOUT_QUARTERS
+        | SNAP_CAMPAIGN_WITHOUT_USERS
+        | SNAP_CAMPAIGN_SECOND_ADS) => {
             let second_ads = kind == SNAP_CAMPAIGN_SECOND_ADS;
-            let with_users = kind == SNAP_CAMPAIGN;
+            let with_users = matches!(kind, SNAP_CAMPAIGN | SNAP_CAMPAIGN_WITHOUT_QUARTERS);
             let campaign = r.campaign()?;
             let all = r.parts()?;
             let users = if with_users {
                 r.users()?
             } else {
                 UniqueCounterParts::default()
+            };
+            let quarters = if kind == SNAP_CAMPAIGN {
+                r.quarters()?
+            } else {
+                // Written before quarters were kept: what the campaign's
+                // own counter knows (exact for its last day).
+                quarters_of(&all)
             };
             let other_ads = r.ad(second_ads, with_users)?;
             let ads_limit_exceeded = r.u8()? != 0;
@@ -252,6 +269,7 @@ pub fn decode_section(payload: &[u8]) -> Result<SnapshotSection, String> {
                 campaign,
                 all,
                 users,
+                quarters,
                 ads,
                 other_ads,
                 ads_limit_exceeded,
@@ -295,6 +313,20 @@ fn put_campaign(out: &mut Vec<u8>, c: &Campaign) {
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "at most DAILY_HISTORY (<= 3660 days) of hours: below 2^32"
+)]
+fn put_quarters(out: &mut Vec<u8>, quarters: &QuarterParts) {
+    out.extend_from_slice(&(quarters.len() as u32).to_le_bytes());
+    for (hour, counts) in quarters {
+        out.extend_from_slice(&hour.to_le_bytes());
+        for count in counts {
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+    }
 }
 
 fn put_ad(out: &mut Vec<u8>, ad: &AdSnapshot) {
@@ -496,6 +528,21 @@ impl<'a> Cursor<'a> {
         Ok(AdSnapshot { counts, users })
     }
 
+    /// A campaign's quarter-hour counts.
+    fn quarters(&mut self) -> Result<QuarterParts, String> {
+        let n = self.count(QUARTER_HOUR_BYTES)?;
+        let mut quarters = Vec::with_capacity(n);
+        for _ in 0..n {
+            let hour = self.u64()?;
+            let mut counts = [0u32; 4];
+            for count in &mut counts {
+                *count = self.u32()?;
+            }
+            quarters.push((hour, counts));
+        }
+        Ok(quarters)
+    }
+
     /// A counter's users.
     fn users(&mut self) -> Result<UniqueCounterParts, String> {
         let open_hour = self.u64()?;
@@ -675,6 +722,7 @@ mod tests {
                 campaign: campaign(),
                 all: parts.clone(),
                 users: users(),
+                quarters: vec![(482_135, [1, 0, u32::MAX, 7]), (482_136, [0, 0, 0, 3])],
                 ads: vec![(
                     AdId::parse("a").unwrap(),
                     AdSnapshot {
@@ -748,6 +796,43 @@ mod tests {
         assert_eq!(s.users, UniqueCounterParts::default());
     }
 
+    /// Snapshots written before quarter hours were kept load with the
+    /// quarters the campaign's own counter implies.
+    #[test]
+    fn campaign_sections_without_quarters_load_them_from_the_counter() {
+        let mut seconds = [0u32; 60];
+        seconds[10] = 4;
+        let all = WindowParts {
+            total: 9,
+            minutes: vec![(28_928_170, seconds)],
+            hours: vec![(482_135, 5), (482_136, 4)],
+        };
+        let mut out = vec![SNAP_CAMPAIGN_WITHOUT_QUARTERS];
+        put_campaign(&mut out, &campaign());
+        put_parts(&mut out, &all);
+        put_users(&mut out, &UniqueCounterParts::default());
+        put_ad(&mut out, &AdSnapshot::default());
+        out.push(0);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let SnapshotSection::Campaign(s) = decode_section(&out).unwrap() else {
+            panic!("a campaign section");
+        };
+        // Minute 28,928,170 is minute 10 of hour 482,136: its first quarter,
+        // from the seconds; the hour before has only its total.
+        let mut seconds = [0u32; 60];
+        seconds[10] = 4;
+        let later = WindowParts {
+            minutes: vec![(28_928_190, seconds)],
+            ..all.clone()
+        };
+        assert_eq!(
+            s.quarters,
+            vec![(482_135, [5, 0, 0, 0]), (482_136, [4, 0, 0, 0])]
+        );
+        assert_eq!(quarters_of(&later)[1], (482_136, [0, 0, 4, 0]));
+        assert_eq!(s.quarters, quarters_of(&all));
+    }
+
     /// A sketch whose HLL bytes Redis would refuse is a damaged snapshot,
     /// not a panic later.
     #[test]
@@ -811,6 +896,7 @@ mod tests {
                 campaign: campaign(),
                 all: WindowParts::default(),
                 users: UniqueCounterParts::default(),
+                quarters: Vec::new(),
                 ads: Vec::new(),
                 other_ads: AdSnapshot::default(),
                 ads_limit_exceeded: false,
