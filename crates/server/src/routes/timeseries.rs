@@ -163,7 +163,7 @@ pub async fn campaign_timeseries(
             .await?
     } else {
         app.store
-            .range_counts(id, query.metric, &buckets.ranges)
+            .range_counts(id, query.metric, &buckets.ranges, app.clock.now())
             .await?
     }
     .ok_or(ApiError::CampaignNotFound(id))?;

@@ -230,6 +230,7 @@ pub trait Store: Send + Sync + 'static {
         id: CampaignId,
         metric: Metric,
         ranges: &[(u64, u64)],
+        now: Timestamp,
     ) -> Result<Option<Vec<u64>>, StoreError>;
 
     /// Whether the backend can serve requests now (for `/readyz`).

@@ -329,8 +329,9 @@ impl Store for GatedStore {
         id: CampaignId,
         metric: Metric,
         ranges: &[(u64, u64)],
+        now: Timestamp,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        self.inner.range_counts(id, metric, ranges).await
+        self.inner.range_counts(id, metric, ranges, now).await
     }
     async fn check_ready(&self) -> Result<(), StoreError> {
         Ok(())

@@ -176,7 +176,7 @@ async fn check(backend: crate::backends::Backend, case: &Case) -> Result<(), Str
             let days = local_days(zone, ts);
             for metric in [Metric::Impressions, Metric::UniqueUsers] {
                 let got = store
-                    .range_counts(id(c), metric, &days)
+                    .range_counts(id(c), metric, &days, ts)
                     .await
                     .map_err(|e| e.to_string())?;
                 let want = model.range_counts(id(c), metric, &days);

@@ -332,8 +332,9 @@ impl Store for DiskStore {
         id: CampaignId,
         metric: Metric,
         ranges: &[(u64, u64)],
+        now: Timestamp,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        self.memory().range_counts(id, metric, ranges).await
+        self.memory().range_counts(id, metric, ranges, now).await
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

@@ -110,6 +110,9 @@ struct Rules {
     retention_ms: u64,
     history_hours: u64,
     max_ads: usize,
+    /// Hours of quarter-hour counts kept behind the current one (the
+    /// daily history and a day more, as `QuarterCounter`).
+    keep_hours: u64,
 }
 
 impl Rules {
@@ -123,6 +126,10 @@ impl Rules {
                 .history_hours
                 .max(impression_core::window::MIN_HISTORY_HOURS),
             max_ads: engine.max_ads_per_campaign,
+            keep_hours: engine
+                .daily_history_days
+                .saturating_add(1)
+                .saturating_mul(24),
         }
     }
 }
@@ -134,6 +141,7 @@ struct Scripts {
     count: Script,
     stats: Script,
     series: Script,
+    range: Script,
     create_campaign: Script,
 }
 
@@ -153,6 +161,7 @@ impl Scripts {
             count: with_common!("count.lua"),
             stats: with_common!("stats.lua"),
             series: with_common!("series.lua"),
+            range: with_common!("range.lua"),
             create_campaign: Script::new(include_str!("lua/create_campaign.lua")),
         }
     }
@@ -337,6 +346,14 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A metric as the reading scripts take it.
+fn metric_arg(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Impressions => "i",
+        Metric::UniqueUsers => "u",
+    }
+}
+
 fn unexpected(what: &str, value: &Value) -> StoreError {
     StoreError::internal(format!("unexpected reply from Redis for {what}: {value:?}"))
 }
@@ -349,13 +366,22 @@ fn int_of(value: &Value) -> Option<u64> {
     }
 }
 
-/// Reads `(last_hour, last_day, total)` from `values` at `at`.
+/// How many values the stats script answers per counter.
+const STATS_VALUES: usize = 6;
+
+/// Reads `(last_hour, last_day, total)` and the unique users of the same
+/// windows from `values` at `at`.
 fn stats_at(values: &[Value], at: usize) -> Option<Stats> {
+    let n = |i: usize| values.get(at + i).and_then(int_of);
     Some(Stats {
-        last_hour: int_of(values.get(at)?)?,
-        last_day: int_of(values.get(at + 1)?)?,
-        total: int_of(values.get(at + 2)?)?,
-        unique_users: UniqueStats::default(),
+        last_hour: n(0)?,
+        last_day: n(1)?,
+        total: n(2)?,
+        unique_users: UniqueStats {
+            last_hour: n(3)?,
+            last_day: n(4)?,
+            total: n(5)?,
+        },
     })
 }
 
@@ -444,10 +470,10 @@ impl Store for RedisStore {
             let exceeded = int_of(values.first()?)? != 0;
             let ads = usize::try_from(int_of(values.get(1)?)?).ok()?;
             let campaign = stats_at(values, 2)?;
-            let other = stats_at(values, 5)?;
+            let other = stats_at(values, 2 + STATS_VALUES)?;
             let mut per_ad = Vec::with_capacity(ads);
             for i in 0..ads {
-                let at = 8 + 4 * i;
+                let at = 2 + 2 * STATS_VALUES + (1 + STATS_VALUES) * i;
                 let name = match values.get(at)? {
                     Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
                     _ => return None,
@@ -479,7 +505,6 @@ impl Store for RedisStore {
         first: u64,
         count: usize,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        let _ = metric;
         if self.lookup(id).await?.is_none() {
             return Ok(None);
         }
@@ -495,6 +520,7 @@ impl Store for RedisStore {
                 .arg(kind)
                 .arg(first)
                 .arg(count)
+                .arg(metric_arg(metric))
                 .invoke_async(&mut self.conn.clone()),
         )
         .await?;
@@ -512,14 +538,30 @@ impl Store for RedisStore {
         id: CampaignId,
         metric: Metric,
         ranges: &[(u64, u64)],
+        now: Timestamp,
     ) -> Result<Option<Vec<u64>>, StoreError> {
-        let _ = (metric, ranges);
         if self.lookup(id).await?.is_none() {
             return Ok(None);
         }
-        Err(StoreError::internal(
-            "calendar reports are not on the Redis backend yet",
-        ))
+        let mut call = self.scripts.range.prepare_invoke();
+        call.key(self.keys.campaign_totals(id))
+            .arg(metric_arg(metric))
+            .arg(now.as_secs())
+            .arg(self.rules.keep_hours)
+            .arg(self.rules.history_hours)
+            .arg(ranges.len());
+        for &(from, to) in ranges {
+            call.arg(from).arg(to);
+        }
+        let counts: Vec<u64> = bounded(call.invoke_async(&mut self.conn.clone())).await?;
+        if counts.len() != ranges.len() {
+            return Err(StoreError::internal(format!(
+                "Redis answered {} counts for {} ranges",
+                counts.len(),
+                ranges.len()
+            )));
+        }
+        Ok(Some(counts))
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::future::join_all;
+use impression_core::engine::user_hash;
 use impression_core::{
     Campaign, CampaignId, Fingerprint, Impression, Rejection, Timestamp, TrackOutcome,
 };
@@ -41,8 +42,9 @@ struct JournalEntry {
     n: String,
     /// Campaign ids (hyphenated).
     cs: Vec<String>,
-    /// Counted impressions: campaign number (1-based), ad id, t in ms.
-    it: Vec<(usize, String, String)>,
+    /// Counted impressions: campaign number (1-based), ad id, t in ms,
+    /// user id, user hash (signed decimal).
+    it: Vec<(usize, String, String, String, String)>,
 }
 
 impl RedisStore {
@@ -121,6 +123,7 @@ impl RedisStore {
             .arg(WINDOW_SLACK.as_secs())
             .arg(self.rules.history_hours)
             .arg(self.rules.max_ads)
+            .arg(self.rules.keep_hours)
             .arg(ids.len());
         for &id in ids {
             call.arg(self.keys.campaign_base(id));
@@ -129,7 +132,9 @@ impl RedisStore {
             let imp = &batch[p.index];
             call.arg(p.campaign + 1)
                 .arg(imp.ad_id.as_str())
-                .arg(imp.timestamp.as_millis());
+                .arg(imp.timestamp.as_millis())
+                .arg(imp.user_id.as_str())
+                .arg(signed_hash(imp));
         }
         let decided: Vec<u8> = bounded(call.invoke_async(&mut self.conn.clone())).await?;
         decisions(&decided, piece.len())
@@ -170,7 +175,9 @@ impl RedisStore {
                 let imp = &batch[p.index];
                 call.arg(p.campaign + 1)
                     .arg(imp.ad_id.as_str())
-                    .arg(imp.timestamp.as_millis());
+                    .arg(imp.timestamp.as_millis())
+                    .arg(imp.user_id.as_str())
+                    .arg(signed_hash(imp));
             }
             let mut conn = self.conn.clone();
             async move { bounded(call.invoke_async::<Vec<u8>>(&mut conn)).await }
@@ -216,7 +223,9 @@ impl RedisStore {
                 let imp = &batch[p.index];
                 call.arg(KeySpace::bucket_of(p.fp))
                     .arg(imp.ad_id.as_str())
-                    .arg(imp.timestamp.as_millis());
+                    .arg(imp.timestamp.as_millis())
+                    .arg(imp.user_id.as_str())
+                    .arg(signed_hash(imp));
             }
             let mut conn = self.conn.clone();
             async move { bounded(call.invoke_async::<u64>(&mut conn)).await }
@@ -260,6 +269,7 @@ impl RedisStore {
             .arg(WINDOW_SLACK.as_secs())
             .arg(self.rules.history_hours)
             .arg(self.rules.max_ads)
+            .arg(self.rules.keep_hours)
             .arg(chunk)
             .arg(u64::try_from(MARKER_TTL.as_millis()).unwrap_or(u64::MAX))
             .arg(mode)
@@ -361,7 +371,7 @@ impl RedisStore {
             .collect::<Result<_, _>>()
             .map_err(|e| StoreError::internal_by(format!("journal entry {chunk_text}"), e))?;
         let slice = created / 60_000;
-        for (campaign, items) in group_by(entry.it.iter(), |(c, _, _)| *c) {
+        for (campaign, items) in group_by(entry.it.iter(), |(c, ..)| *c) {
             let Some(&id) = campaign.checked_sub(1).and_then(|c| ids.get(c)) else {
                 return Err(StoreError::internal(format!(
                     "journal entry {chunk_text}: no campaign {campaign}"
@@ -371,8 +381,8 @@ impl RedisStore {
             call.key(self.keys.campaign_totals(id))
                 .key(self.keys.campaign_markers(id, slice));
             self.count_args(&mut call, now_ms, &chunk_text, "r", items.len());
-            for (_, ad, t) in items {
-                call.arg(bucket).arg(ad).arg(t);
+            for (_, ad, t, user, hash) in items {
+                call.arg(bucket).arg(ad).arg(t).arg(user).arg(hash);
             }
             bounded(call.invoke_async::<u64>(&mut self.conn.clone())).await?;
         }
@@ -380,6 +390,12 @@ impl RedisStore {
         tracing::info!(%bucket, chunk = %chunk_text, impressions = entry.it.len(), "replayed a journal entry");
         Ok(true)
     }
+}
+
+/// The user's hash as the scripts keep it in exact sets: signed decimal,
+/// so Redis stores a set of them as a compact intset.
+fn signed_hash(impression: &Impression) -> i64 {
+    i64::from_ne_bytes(user_hash(impression).to_ne_bytes())
 }
 
 /// One boolean per impression from a script's "1"/"0" answer.

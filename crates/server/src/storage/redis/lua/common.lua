@@ -11,6 +11,14 @@
 --   B..":a:m:"..min        hash  second of the minute (0..59) -> count
 --   B..":"..k..":h:"..hour hash  minute of the hour (0..59) -> count
 --   B..":"..k..":d:"..day  hash  hour of the day (0..23) -> count
+--   B..":a:q:"..day        hash  quarter hour of the UTC day (0..95) -> count
+--                                (the campaign only: calendar reports)
+--   B..":"..k..":um:"..min, B..":"..k..":uh:"..hour, B..":"..k..":ut"
+--                          unique-user sketches of a minute, an hour, all
+--                          time, each two keys: S..":s" a set of the users'
+--                          hashes (signed decimal) while at most 128, or
+--                          {"x"} once past; S..":p" an HLL that gets
+--                          PFADD of every user id (crates/core/src/uniques)
 --
 -- k is "a" (the whole campaign), "o" (ads beyond the limit) or an ad's
 -- counter. This mirrors crates/core/src/window/: the campaign ("a") keeps
@@ -18,6 +26,12 @@
 -- minute totals (AdCounter); both keep hour totals for the retained history
 -- and a total, with the same conditions for what is recorded, so the
 -- answers are the embedded engine's.
+--
+-- Unique users go straight into their minute's, their hour's and the total
+-- sketch (the engine folds minutes into hours when an hour closes): a
+-- window's count depends only on the set of users in the union of its
+-- sketches, so both give the same numbers. "mu" in ":tot" is the highest
+-- minute with users (reads look that far ahead, for clock skew).
 --
 -- Times are the calling node's (ARGV), never Redis's clock. Key expiry only
 -- reclaims memory: every relative expiry is the time until the node-time
@@ -30,7 +44,7 @@ local function int(n)
 end
 
 -- Window settings from ARGV, shared by the counting scripts.
-local function window_ctx(now_ms, slack_s, history_hours, max_ads)
+local function window_ctx(now_ms, slack_s, history_hours, max_ads, keep_hours)
   local now_sec = floor(now_ms / 1000)
   return {
     now_sec = now_sec,
@@ -39,6 +53,8 @@ local function window_ctx(now_ms, slack_s, history_hours, max_ads)
     slack = slack_s,
     history = history_hours,
     max_ads = max_ads,
+    -- Hours of quarter-hour counts kept behind the current one.
+    keep = keep_hours,
   }
 end
 
@@ -47,7 +63,7 @@ end
 -- one second is a handful of HINCRBYs, and the per-impression work is one
 -- table increment.
 local function new_tally()
-  return { seconds = {}, inc = {}, ttl = {}, maxh = {}, hour_keys = {} }
+  return { seconds = {}, inc = {}, ttl = {}, maxh = {}, hour_keys = {}, users = {}, maxu = {} }
 end
 
 local function tally_add(tally, key, field, n, ttl_s)
@@ -88,7 +104,108 @@ local function record(tally, base, k, sec, n, ctx)
       tally.maxh[base] = hour
     end
   end
+  -- Quarter hours of the daily history (QuarterCounter), campaign only.
+  if k == 'a' and hour + ctx.keep >= ctx.now_hour then
+    local day = floor(hour / 24)
+    tally_add(tally, base .. ':a:q:' .. int(day), int(floor((sec % 86400) / 900)), n,
+      (day * 24 + 24 + ctx.keep) * 3600 - ctx.now_sec + ctx.slack)
+  end
   tally_add(tally, base .. ':tot', k, n, nil)
+end
+
+-- Adds a user (id and hash) to the sketch at key, written at the flush.
+local function user_add(tally, key, id, hash, ttl_s)
+  local s = tally.users[key]
+  if not s then
+    s = { ids = {}, hashes = {}, ttl = ttl_s }
+    tally.users[key] = s
+  end
+  local n = #s.ids + 1
+  s.ids[n] = id
+  s.hashes[n] = hash
+end
+
+-- UniqueCounter::record for counter k of the campaign at base: the user
+-- goes into the sketches of its minute (while within the last day), its
+-- hour (while within the history) and the total.
+local function count_user(tally, base, k, sec, id, hash, ctx)
+  local minute = floor(sec / 60)
+  local hour = floor(sec / 3600)
+  local prefix = base .. ':' .. k
+  if minute + 1440 >= ctx.now_min then
+    user_add(tally, prefix .. ':um:' .. int(minute), id, hash,
+      (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+    if not tally.maxu[base] or minute > tally.maxu[base] then
+      tally.maxu[base] = minute
+    end
+  end
+  if hour + ctx.history > ctx.now_hour then
+    user_add(tally, prefix .. ':uh:' .. int(hour), id, hash,
+      (hour + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
+  end
+  user_add(tally, prefix .. ':ut', id, hash, nil)
+end
+
+-- Writes the users gathered for each sketch: one PFADD and (while exact)
+-- one SADD per sketch and chunk, whatever the number of users.
+local function users_flush(tally)
+  for key, s in pairs(tally.users) do
+    local set, hll = key .. ':s', key .. ':p'
+    redis.call('PFADD', hll, unpack(s.ids))
+    if redis.call('SISMEMBER', set, 'x') == 0 then
+      redis.call('SADD', set, unpack(s.hashes))
+      if redis.call('SCARD', set) > 128 then
+        -- Past the exact threshold for good: the HLL answers from now on.
+        redis.call('DEL', set)
+        redis.call('SADD', set, 'x')
+      end
+    end
+    if s.ttl then
+      local ttl = s.ttl
+      if ttl < 1 then ttl = 1 end
+      redis.call('EXPIRE', hll, int(ttl), 'NX')
+      redis.call('EXPIRE', set, int(ttl), 'NX')
+    end
+  end
+  for base, minute in pairs(tally.maxu) do
+    local current = tonumber(redis.call('HGET', base .. ':tot', 'mu'))
+    if not current or minute > current then
+      redis.call('HSET', base .. ':tot', 'mu', int(minute))
+    end
+  end
+end
+
+-- Distinct users of the union of the sketches whose keys are keys (the
+-- rule of crates/core/src/uniques/mod.rs): the size of the union of the
+-- sets while none is past the threshold and it has at most 128 members,
+-- else PFCOUNT of all the HLLs together.
+local function count_union(keys)
+  local n = #keys
+  if n == 0 then
+    return 0
+  end
+  local sets = {}
+  for i = 1, n do
+    sets[i] = keys[i] .. ':s'
+  end
+  local members = redis.call('SUNION', unpack(sets))
+  if #members <= 128 then
+    local exact = true
+    for i = 1, #members do
+      if members[i] == 'x' then
+        exact = false
+        break
+      end
+    end
+    if exact then
+      return #members
+    end
+  end
+  local hlls = {}
+  for i = 1, n do
+    hlls[i] = keys[i] .. ':p'
+  end
+  return redis.call('PFCOUNT', unpack(hlls))
 end
 
 -- Counts one impression for counter k at second sec (recorded at the flush).
@@ -142,6 +259,7 @@ local function tally_flush(tally, ctx)
       redis.call('HSET', base .. ':tot', 'mh', int(hour))
     end
   end
+  users_flush(tally)
 end
 
 -- The counter of an ad: its own while fewer than max_ads ads have one,
@@ -172,11 +290,15 @@ local function counter_of(base, ad, ctx, memo)
   return k
 end
 
--- Counts one impression (already decided to count) at t_ms.
-local function count(tally, base, ad, t_ms, ctx, memo)
+-- Counts one impression (already decided to count) at t_ms, of the user
+-- with that id and hash.
+local function count(tally, base, ad, t_ms, id, hash, ctx, memo)
   local sec = floor(t_ms / 1000)
+  local k = counter_of(base, ad, ctx, memo)
   tally_count(tally, base, 'a', sec)
-  tally_count(tally, base, counter_of(base, ad, ctx, memo), sec)
+  tally_count(tally, base, k, sec)
+  count_user(tally, base, 'a', sec, id, hash, ctx)
+  count_user(tally, base, k, sec, id, hash, ctx)
 end
 
 -- DedupRule::decide for n impressions whose dedup keys are keys[from ..

@@ -5,9 +5,10 @@
 -- KEYS: the campaign's ":tot" hash.
 -- ARGV: now_s, mode ("a": the campaign only; "ads": also every ad and
 --       "other").
--- Returns, for "a": {last_hour, last_day, total}; for "ads": {exceeded,
--- nads, then last_hour, last_day, total of the campaign, then of "other",
--- then per ad: ad id, last_hour, last_day, total}.
+-- Returns, for "a": the campaign's six numbers (below); for "ads":
+-- {exceeded, nads, the campaign's six, other's six, then per ad: ad id and
+-- its six}. The six: last_hour, last_day, total, then unique users of the
+-- same three windows.
 --
 -- A window [lo, now] is summed as WindowCounter::count_since does: the
 -- seconds of lo's minute from lo on, the minute totals of the rest of lo's
@@ -15,6 +16,11 @@
 -- An ad's windows (and "other"'s) are whole minutes, as AdCounter's: the
 -- minute totals of lo's hour from lo's minute on, then the hour totals.
 -- That is a handful of HMGETs per counter, whatever the volume.
+--
+-- Unique users as UniqueCounter answers: last_hour the union of minutes
+-- m-59 on, last_day of hours h-23 on, total the total sketch (m, h: now's
+-- minute and hour; "on" reaches the highest minute with users), each at
+-- most the impressions counted in the same whole minutes or hours.
 local base = string.sub(KEYS[1], 1, -5)
 local now = tonumber(ARGV[1])
 
@@ -86,11 +92,62 @@ local now_minute = floor(now / 60)
 local hour_lo_minute = at_least_zero(now_minute - 59)
 local day_lo_minute = at_least_zero(now_minute - 1439)
 
+local now_hour = floor(now / 3600)
+local users_hour_lo = now_minute - 59
+local users_day_lo = (now_hour - 23) * 60
+if users_hour_lo < 0 then users_hour_lo = 0 end
+if users_day_lo < 0 then users_day_lo = 0 end
+local tot_mu
+
+-- Distinct users of the sketches at keys, at most clamp: the impressions
+-- counted in the same minutes or hours. Every one of them has its user in
+-- those sketches, so with at most one impression the answer is that
+-- number, and the sketches are read only when it could be more (an ad
+-- breakdown of thousands of quiet ads stays cheap).
+local function users_at_most(keys_of, clamp)
+  if clamp <= 1 then
+    return clamp
+  end
+  return math.min(count_union(keys_of()), clamp)
+end
+
+-- Appends a counter's six numbers to out.
+local function push_six(out, k, last_hour, last_day, total, clamp_hour, clamp_day)
+  local prefix = base .. ':' .. k
+  local top = now_minute
+  if tot_mu and tot_mu > top then
+    top = math.min(tot_mu, now_minute + 1440)
+  end
+  out[#out + 1] = last_hour
+  out[#out + 1] = last_day
+  out[#out + 1] = total
+  out[#out + 1] = users_at_most(function()
+    local minutes = {}
+    for m = users_hour_lo, top do
+      minutes[#minutes + 1] = prefix .. ':um:' .. int(m)
+    end
+    return minutes
+  end, clamp_hour)
+  out[#out + 1] = users_at_most(function()
+    local hours = {}
+    for h = floor(users_day_lo / 60), floor(top / 60) do
+      hours[#hours + 1] = prefix .. ':uh:' .. int(h)
+    end
+    return hours
+  end, clamp_day)
+  out[#out + 1] = users_at_most(function() return { prefix .. ':ut' } end, total)
+end
+
 if ARGV[2] == 'a' then
-  local tot = redis.call('HMGET', KEYS[1], 'a', 'mh')
+  local tot = redis.call('HMGET', KEYS[1], 'a', 'mh', 'mu')
   local maxh = tonumber(tot[2])
+  tot_mu = tonumber(tot[3])
   local counters = { 'a' }
-  return { since(counters, hour_lo, maxh)[1], since(counters, day_lo, maxh)[1], tonumber(tot[1]) or 0 }
+  local out = {}
+  push_six(out, 'a', since(counters, hour_lo, maxh)[1], since(counters, day_lo, maxh)[1],
+    tonumber(tot[1]) or 0, since(counters, users_hour_lo, maxh, true)[1],
+    since(counters, users_day_lo, maxh, true)[1])
+  return out
 end
 
 local ads = redis.call('HGETALL', base .. ':ads')
@@ -108,16 +165,20 @@ for i = 1, #all, 2 do
   tot[all[i]] = all[i + 1]
 end
 local maxh = tonumber(tot['mh'])
-local out = { tot['x'] and 1 or 0, #names,
-  since({ 'a' }, hour_lo, maxh)[1], since({ 'a' }, day_lo, maxh)[1], tonumber(tot['a']) or 0 }
+tot_mu = tonumber(tot['mu'])
+local out = { tot['x'] and 1 or 0, #names }
+push_six(out, 'a', since({ 'a' }, hour_lo, maxh)[1], since({ 'a' }, day_lo, maxh)[1],
+  tonumber(tot['a']) or 0, since({ 'a' }, users_hour_lo, maxh, true)[1],
+  since({ 'a' }, users_day_lo, maxh, true)[1])
 local hour = since(counters, hour_lo_minute, maxh, true)
 local day = since(counters, day_lo_minute, maxh, true)
+local day_whole_hours = since(counters, users_day_lo, maxh, true)
 for j = 1, #counters do
   if j > 1 then
     out[#out + 1] = names[j - 1]
   end
-  out[#out + 1] = hour[j]
-  out[#out + 1] = day[j]
-  out[#out + 1] = tonumber(tot[counters[j]]) or 0
+  -- An ad's last hour is whole minutes already: its own clamp.
+  push_six(out, counters[j], hour[j], day[j], tonumber(tot[counters[j]]) or 0, hour[j],
+    day_whole_hours[j])
 end
 return out
