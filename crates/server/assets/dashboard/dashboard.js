@@ -571,6 +571,8 @@
       width: chartWidth(node),
       height: 220,
       legend: { show: false },
+      // Room on the right for the last time label.
+      padding: [12, 36, 0, 0],
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
       series: [
@@ -626,8 +628,8 @@
       query = base + '&window=' + h.hourWindow;
       note = 'Impressions per hour over the kept history, in your time zone.';
     } else {
-      query = base + '&window=90d&tz=' + encodeURIComponent(h.tz || 'UTC');
-      note = 'Impressions per calendar day in ' + (h.tz || 'UTC') + ', last 90 days.';
+      query = base + '&window=30d&tz=' + encodeURIComponent(h.tz || 'UTC');
+      note = 'Impressions per calendar day in ' + (h.tz || 'UTC') + ', last 30 days.';
     }
     let series;
     try {
@@ -691,9 +693,9 @@
     setText('i-duplicates', shown(rate(now.duplicates, before && before.counts.duplicates)));
     setText('i-rejected', shown(rate(rejectedNow, rejectedBefore)));
     const fill = now.queue.capacity > 0 ? now.queue.depth / now.queue.capacity : 0;
-    setText('i-queue', fmt(now.queue.depth) + ' of ' + fmt(now.queue.capacity) +
-      ' (' + Math.round(fill * 100) + '%)');
+    setText('i-queue', fmt(now.queue.depth) + ' of ' + fmt(now.queue.capacity));
     $('i-fill').value = fill;
+    $('i-fill').title = Math.round(fill * 100) + '% full';
     const rows = Object.keys(now.rejected).map((reason) => {
       const tr = document.createElement('tr');
       const name = el('th', reason.replace(/_/g, ' '));

@@ -172,14 +172,14 @@ async fn the_campaign_page_counts_and_charts_live() {
         "{snippet}"
     );
     // The ingest panel reads the same numbers as /metrics.
-    wait_for_text(&browser, "#i-queue", "0 of 1,000 (0%)", Duration::from_secs(4)).await;
+    wait_for_text(&browser, "#i-queue", "0 of 1,000", Duration::from_secs(4)).await;
     // Per day in another zone: the chart is redrawn.
     browser.click(".tabs button[data-res=day]").await;
     browser.find("#tz-label:not([hidden])").await;
     wait_for_text(
         &browser,
         "#history-note",
-        "Impressions per calendar day in UTC, last 90 days.",
+        "Impressions per calendar day in UTC, last 30 days.",
         Duration::from_secs(3),
     )
     .await;
@@ -335,12 +335,13 @@ async fn the_pages_fit_a_phone_screen() {
 }
 
 /// Writes `docs/dashboard.png`, the README's picture of a campaign's page:
-/// a few hours of traffic on several ads, the last five minutes second by
-/// second. Ignored by default (it rewrites a file in the repository).
+/// six hours of traffic on several ads, the last five minutes second by
+/// second, and impressions still arriving while the page is open. Ignored
+/// by default (it rewrites a file in the repository).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "rewrites docs/dashboard.png; run it by name with --ignored"]
 async fn write_the_readme_screenshot() {
-    let app = spawn_app_with(&[]).await;
+    let app = std::sync::Arc::new(spawn_app_with(&[]).await);
     let c = app.create_campaign("Summer sale 2026").await;
     let ads = [
         ("homepage-leaderboard", 9),
@@ -348,43 +349,74 @@ async fn write_the_readme_screenshot() {
         ("video-preroll-15s", 3),
         ("newsletter-banner", 1),
     ];
-    let mut user = 0;
-    let mut send = |minute_load: usize| {
-        let mut batch = Vec::new();
+    let user = std::sync::atomic::AtomicUsize::new(0);
+    // `load` impressions spread over the ads by weight; users come back
+    // now and then, so reach stays below impressions.
+    let batch = |load: usize| -> Value {
+        let mut items = Vec::new();
         for (ad, weight) in ads {
-            for _ in 0..minute_load * weight / 10 {
-                user += 1;
-                // Some users come back: reach below impressions.
-                let id = format!("user-{}", user % 5_000);
-                batch.push(json!({ "campaign_id": c, "user_id": id, "ad_id": ad }));
+            for _ in 0..load * weight / 18 {
+                let n = user.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = format!("user-{}", n % 150_000);
+                items.push(json!({ "campaign_id": c, "user_id": id, "ad_id": ad }));
             }
         }
-        batch
+        json!(items)
     };
-    // Six hours, a batch every five minutes, with a daily shape.
-    for step in 0..72_u64 {
-        let load = 40 + (step * 7 % 30) as usize + (step as usize / 3);
-        let batch = send(load);
-        let response = app
-            .post_json("/api/v1/impressions/batch?wait=true", &json!(batch))
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        app.clock.advance(Duration::from_secs(300));
+    let send = |items: Value| {
+        let app = std::sync::Arc::clone(&app);
+        async move {
+            if items.as_array().is_some_and(|a| !a.is_empty()) {
+                let response = app
+                    .post_json("/api/v1/impressions/batch?wait=true", &items)
+                    .await;
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        }
+    };
+    // Six hours, minute by minute, rising through the morning.
+    for minute in 0..360_u32 {
+        let wave = (f64::from(minute) / 40.0).sin() * 150.0;
+        let load = 450.0 + f64::from(minute) * 0.8 + wave;
+        send(batch(load as usize)).await;
+        app.clock.advance(Duration::from_secs(60));
     }
     // The last five minutes, second by second.
-    for second in 0..300_u64 {
-        let load = 2 + (second * 13 % 17) as usize + if second % 60 < 10 { 12 } else { 0 };
-        let batch = send(load);
-        if !batch.is_empty() {
-            let response = app
-                .post_json("/api/v1/impressions/batch?wait=true", &json!(batch))
-                .await;
-            assert_eq!(response.status(), StatusCode::OK);
-        }
+    for second in 0..300_u32 {
+        let burst = if second % 60 < 8 { 14.0 } else { 0.0 };
+        let load = 11.0 + (f64::from(second) / 7.0).sin() * 4.0 + burst + f64::from(second * 13 % 7);
+        send(batch(load as usize)).await;
         app.clock.advance(Duration::from_secs(1));
     }
+    // A few refused ones, for the health panel.
+    let invalid = json!([{ "campaign_id": c, "user_id": "", "ad_id": "x" }]);
+    for _ in 0..3 {
+        app.post_json("/api/v1/impressions/batch", &invalid).await;
+    }
+    // Traffic goes on while the page is open.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let stop = std::sync::Arc::clone(&stop);
+        let app = std::sync::Arc::clone(&app);
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let items: Vec<Value> = (0..2)
+                    .flat_map(|_| ads)
+                    .map(|(ad, _)| {
+                        n += 1;
+                        json!({ "campaign_id": c, "user_id": format!("live-{n}"), "ad_id": ad })
+                    })
+                    .collect();
+                app.post_json("/api/v1/impressions/batch", &json!(items)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                app.clock.advance(Duration::from_millis(250));
+            }
+        })
+    };
     let browser = Browser::launch_with(BrowserOptions {
-        window: (1280, 1500),
+        window: (1280, 1760),
         ..BrowserOptions::default()
     })
     .await;
@@ -393,8 +425,10 @@ async fn write_the_readme_screenshot() {
         .await;
     browser.find("#chart-seconds canvas").await;
     browser.find("#chart-history canvas").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let path = browser.screenshot("dashboard-readme").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = feeder.await;
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png");
     std::fs::copy(&path, docs).expect("docs/dashboard.png is written");
     browser.close().await;
