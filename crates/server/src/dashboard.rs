@@ -68,7 +68,10 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 /// The dashboard's routes.
 pub fn router() -> Router {
     Router::new()
-        .route(paths::ROOT, get(|| async { Redirect::to(paths::DASHBOARD) }))
+        .route(
+            paths::ROOT,
+            get(|| async { Redirect::to(paths::DASHBOARD) }),
+        )
         .route(paths::DASHBOARD, get(|| async { page(LIST_HTML) }))
         .route(paths::DASHBOARD_CAMPAIGN, get(campaign_page))
         .route(paths::DASHBOARD_ASSETS, get(asset))

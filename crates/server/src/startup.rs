@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
+use crate::dashboard;
 use crate::edge::{Edge, EdgeRoutes, EdgeSettings, WithEdge};
 use crate::error::ApiError;
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
 use crate::metrics::Metrics;
 use crate::openapi;
-use crate::dashboard;
 use crate::paths::{self, Route};
 use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits};

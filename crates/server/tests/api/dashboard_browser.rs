@@ -29,13 +29,12 @@ async fn wait_for_text(browser: &Browser, selector: &str, expected: &str, within
             .client()
             .find(fantoccini::Locator::Css(selector))
             .await
+            && let Ok(text) = element.text().await
         {
-            if let Ok(text) = element.text().await {
-                if text == expected {
-                    return;
-                }
-                last = text;
+            if text == expected {
+                return;
             }
+            last = text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -76,21 +75,44 @@ async fn the_list_shows_a_campaign_whose_total_moves_live() {
     assert_eq!(url.path(), "/dashboard");
     let row = format!("tr[data-campaign=\"{c}\"]");
     assert_eq!(browser.text(&format!("{row} td.name")).await, "Summer sale");
-    wait_for_text(&browser, &format!("{row} td.total"), "2", Duration::from_secs(3)).await;
-    wait_for_text(&browser, &format!("{row} td.users"), "2", Duration::from_secs(3)).await;
+    wait_for_text(
+        &browser,
+        &format!("{row} td.total"),
+        "2",
+        Duration::from_secs(3),
+    )
+    .await;
+    wait_for_text(
+        &browser,
+        &format!("{row} td.users"),
+        "2",
+        Duration::from_secs(3),
+    )
+    .await;
 
     // Impressions arrive; the page follows without a reload.
     browser
         .eval("window.__notReloaded = true; return true")
         .await;
     post_impressions(&app, &c, "banner", 1_500, "b").await;
-    wait_for_text(&browser, &format!("{row} td.total"), "1,502", Duration::from_secs(3)).await;
-    assert_eq!(browser.eval("return window.__notReloaded === true").await, true);
+    wait_for_text(
+        &browser,
+        &format!("{row} td.total"),
+        "1,502",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        browser.eval("return window.__notReloaded === true").await,
+        true
+    );
 
     // The filter hides what does not match.
     let other = app.create_campaign("Winter clearance").await;
     browser.goto(&app.url("/dashboard")).await;
-    browser.find(&format!("tr[data-campaign=\"{other}\"]")).await;
+    browser
+        .find(&format!("tr[data-campaign=\"{other}\"]"))
+        .await;
     browser
         .find("#filter")
         .await
@@ -118,7 +140,13 @@ async fn the_list_creates_a_campaign_and_opens_its_page() {
         .await
         .unwrap();
     browser.click("#create-form button[type=submit]").await;
-    wait_for_text(&browser, "#name", "Made in the browser", Duration::from_secs(5)).await;
+    wait_for_text(
+        &browser,
+        "#name",
+        "Made in the browser",
+        Duration::from_secs(5),
+    )
+    .await;
     let list: Value = app.get("/api/v1/campaigns").await.json().await.unwrap();
     let id = list["campaigns"][0]["id"].as_str().unwrap().to_owned();
     let url = browser.client().current_url().await.unwrap();
@@ -151,17 +179,38 @@ async fn the_campaign_page_counts_and_charts_live() {
     wait_for_text(&browser, "#sec-now", "1,204", Duration::from_secs(3)).await;
     wait_for_text(&browser, "#sec-minute", "1,204", Duration::from_secs(3)).await;
     // Top ads first.
-    wait_for_text(&browser, "#ads tbody tr:first-child td.ad", "ad-big", Duration::from_secs(3)).await;
+    wait_for_text(
+        &browser,
+        "#ads tbody tr:first-child td.ad",
+        "ad-big",
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(
         browser.text("#ads tbody tr:nth-child(2) td.ad").await,
         "ad-small"
     );
-    assert_eq!(browser.text("#ads tbody tr:nth-child(3) td.ad").await, "ad-a");
+    assert_eq!(
+        browser.text("#ads tbody tr:nth-child(3) td.ad").await,
+        "ad-a"
+    );
     // Sorting by ad id puts them in name order, and again in reverse.
     browser.click("#ads thead button[data-sort=ad]").await;
-    wait_for_text(&browser, "#ads tbody tr:first-child td.ad", "ad-a", Duration::from_secs(2)).await;
+    wait_for_text(
+        &browser,
+        "#ads tbody tr:first-child td.ad",
+        "ad-a",
+        Duration::from_secs(2),
+    )
+    .await;
     browser.click("#ads thead button[data-sort=ad]").await;
-    wait_for_text(&browser, "#ads tbody tr:first-child td.ad", "ad-small", Duration::from_secs(2)).await;
+    wait_for_text(
+        &browser,
+        "#ads tbody tr:first-child td.ad",
+        "ad-small",
+        Duration::from_secs(2),
+    )
+    .await;
     // The snippet names this campaign on this server.
     let snippet = browser.text("#snippet").await;
     assert!(
@@ -225,7 +274,13 @@ async fn hostile_names_and_ad_ids_render_as_text_and_run_nothing() {
         .goto(&app.url(&format!("/dashboard/campaigns/{c}")))
         .await;
     wait_for_text(&browser, "#name", HOSTILE, Duration::from_secs(3)).await;
-    wait_for_text(&browser, "#ads tbody tr:first-child td.ad", HOSTILE, Duration::from_secs(3)).await;
+    wait_for_text(
+        &browser,
+        "#ads tbody tr:first-child td.ad",
+        HOSTILE,
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(
         browser.text("#ads tbody tr:nth-child(2) td.ad").await,
         "\"><svg onload=alert(3)>"
@@ -261,8 +316,16 @@ async fn the_api_key_prompt_gates_the_data() {
     browser.find("#auth:not([hidden])").await;
     let shown = "return document.body.innerText";
     let text = browser.eval(shown).await;
-    assert!(!text.as_str().unwrap().contains("Secret campaign"), "{text}");
-    assert_eq!(browser.eval("return document.getElementById('content').hidden").await, true);
+    assert!(
+        !text.as_str().unwrap().contains("Secret campaign"),
+        "{text}"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('content').hidden")
+            .await,
+        true
+    );
     assert_eq!(
         browser
             .eval("return document.querySelectorAll('#campaigns tbody tr').length")
@@ -271,17 +334,48 @@ async fn the_api_key_prompt_gates_the_data() {
     );
 
     // A wrong key is refused and shows nothing.
-    browser.find("#auth-key").await.send_keys("wrong-key").await.unwrap();
+    browser
+        .find("#auth-key")
+        .await
+        .send_keys("wrong-key")
+        .await
+        .unwrap();
     browser.click("#auth-form button[type=submit]").await;
-    wait_for_text(&browser, "#auth-error", "That key was not accepted.", Duration::from_secs(3)).await;
-    assert_eq!(browser.eval("return document.getElementById('content').hidden").await, true);
-    assert!(!browser.eval(shown).await.as_str().unwrap().contains("Secret campaign"));
+    wait_for_text(
+        &browser,
+        "#auth-error",
+        "That key was not accepted.",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('content').hidden")
+            .await,
+        true
+    );
+    assert!(
+        !browser
+            .eval(shown)
+            .await
+            .as_str()
+            .unwrap()
+            .contains("Secret campaign")
+    );
 
     // The right one opens the dashboard, and is kept for the tab only.
-    browser.find("#auth-key").await.send_keys("right-key").await.unwrap();
+    browser
+        .find("#auth-key")
+        .await
+        .send_keys("right-key")
+        .await
+        .unwrap();
     browser.click("#auth-form button[type=submit]").await;
     let row = format!("tr[data-campaign=\"{c}\"]");
-    assert_eq!(browser.text(&format!("{row} td.name")).await, "Secret campaign");
+    assert_eq!(
+        browser.text(&format!("{row} td.name")).await,
+        "Secret campaign"
+    );
     assert_eq!(
         browser
             .eval("return sessionStorage.getItem('impression-counter.api-key')")
@@ -296,24 +390,28 @@ async fn the_api_key_prompt_gates_the_data() {
     wait_for_text(&browser, "#name", "Secret campaign", Duration::from_secs(3)).await;
     post_impressions_with_key(&app, &c).await;
     wait_for_text(&browser, "#c-total", "4", Duration::from_secs(3)).await;
-    assert_eq!(browser.eval("return document.getElementById('auth').hidden").await, true);
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('auth').hidden")
+            .await,
+        true
+    );
     browser.close().await;
 }
 
 async fn post_impressions_with_key(app: &TestApp, campaign: &str) {
     // Tracking is open: no key needed.
     for user in ["u1", "u2", "u3", "u4"] {
-        assert_eq!(
-            app.track_and_wait(campaign, user, "ad").await,
-            "counted"
-        );
+        assert_eq!(app.track_and_wait(campaign, user, "ad").await, "counted");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_fit_a_phone_screen() {
     let app = spawn_app_with(&[]).await;
-    let c = app.create_campaign("A campaign with a rather long name for a small screen").await;
+    let c = app
+        .create_campaign("A campaign with a rather long name for a small screen")
+        .await;
     post_impressions(&app, &c, "banner-320x50-with-a-long-id", 12_345, "a").await;
     let browser = Browser::launch_with(BrowserOptions {
         window: (375, 812),
@@ -340,6 +438,11 @@ async fn the_pages_fit_a_phone_screen() {
 /// by default (it rewrites a file in the repository).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "rewrites docs/dashboard.png; run it by name with --ignored"]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "made-up loads: small positive numbers"
+)]
 async fn write_the_readme_screenshot() {
     let app = std::sync::Arc::new(spawn_app_with(&[]).await);
     let c = app.create_campaign("Summer sale 2026").await;
@@ -384,7 +487,8 @@ async fn write_the_readme_screenshot() {
     // The last five minutes, second by second.
     for second in 0..300_u32 {
         let burst = if second % 60 < 8 { 14.0 } else { 0.0 };
-        let load = 11.0 + (f64::from(second) / 7.0).sin() * 4.0 + burst + f64::from(second * 13 % 7);
+        let load =
+            11.0 + (f64::from(second) / 7.0).sin() * 4.0 + burst + f64::from(second * 13 % 7);
         send(batch(load as usize)).await;
         app.clock.advance(Duration::from_secs(1));
     }
@@ -409,7 +513,8 @@ async fn write_the_readme_screenshot() {
                         json!({ "campaign_id": c, "user_id": format!("live-{n}"), "ad_id": ad })
                     })
                     .collect();
-                app.post_json("/api/v1/impressions/batch", &json!(items)).await;
+                app.post_json("/api/v1/impressions/batch", &json!(items))
+                    .await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 app.clock.advance(Duration::from_millis(250));
             }
