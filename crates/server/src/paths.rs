@@ -95,7 +95,7 @@ impl Route {
     }
 
     /// The same route, answering a long-lived stream.
-    const fn streaming(self) -> Self {
+    const fn stream(self) -> Self {
         Route {
             streaming: true,
             ..self
@@ -123,7 +123,7 @@ pub const ROUTES: &[Route] = &[
     Route::new(CAMPAIGN, Access::Management, true),
     Route::new(CAMPAIGN_STATS, Access::Management, true),
     Route::new(CAMPAIGN_TIMESERIES, Access::Management, true),
-    Route::new(CAMPAIGN_STATS_STREAM, Access::Management, true).streaming(),
+    Route::new(CAMPAIGN_STATS_STREAM, Access::Management, true).stream(),
     Route::new(INGEST, Access::Management, true),
     Route::new(HEALTHZ, Access::Operations, true),
     Route::new(READYZ, Access::Operations, true),
