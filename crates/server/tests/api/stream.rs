@@ -8,7 +8,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, counted_total, metric, spawn_app_with};
+use crate::backend_test;
+use crate::helpers::{TestApp, assert_error, counted_total, metric, spawn, spawn_app_with};
 
 /// One event of a stream: its name and its data.
 #[derive(Debug)]
@@ -125,6 +126,28 @@ async fn the_stream_sends_the_stats_on_connect_and_every_second() {
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(2500),
         "two events a second apart took {elapsed:?}"
     );
+}
+
+backend_test! {
+    async fn the_stream_follows_the_counts_on_every_backend(backend: Backend) {
+        let app = spawn(backend, &[]).await;
+        let c = app.create_campaign("live everywhere").await;
+        app.track_and_wait(&c, "u1", "ad-1").await;
+        let mut events = EventReader::new(open_stream(&app, &c, "?by=ad").await);
+        let first = events.next_stats().await;
+        assert_eq!(first["total"], 1);
+        assert_eq!(first["ads"]["ad-1"]["total"], 1);
+        app.track_and_wait(&c, "u2", "ad-2").await;
+        let mut seen = first;
+        for _ in 0..3 {
+            if seen["total"] == 2 {
+                break;
+            }
+            seen = events.next_stats().await;
+        }
+        assert_eq!(seen["total"], 2, "{seen}");
+        assert_eq!(seen["ads"]["ad-2"]["total"], 1, "{seen}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
