@@ -429,6 +429,15 @@ async fn the_pages_fit_a_phone_screen() {
     }
     wait_for_text(&browser, "#c-total", "12,345", Duration::from_secs(3)).await;
     browser.screenshot("dashboard-campaign-375px").await;
+    // The whole page, for people to look at.
+    browser
+        .cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 375, "height": 2600, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    browser.screenshot("dashboard-campaign-375px-whole").await;
     browser.close().await;
 }
 
