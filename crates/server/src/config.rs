@@ -969,6 +969,21 @@ mod tests {
     }
 
     #[test]
+    fn max_streams_defaults_to_256_and_is_at_least_1() {
+        assert_eq!(parse(&[]).unwrap().api().streams.max_streams, 256);
+        assert_eq!(
+            parse(&["--max-streams", "3"])
+                .unwrap()
+                .api()
+                .streams
+                .max_streams,
+            3
+        );
+        let err = parse(&["--max-streams", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--max-streams"), "{err}");
+    }
+
+    #[test]
     fn api_keys_never_show_in_debug_output() {
         let c = parse(&["--api-keys", "k-123,k-456"]).unwrap();
         assert_eq!(c.api_keys.as_ref().map(Secret::expose), Some("k-123,k-456"));

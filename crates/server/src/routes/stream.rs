@@ -89,7 +89,7 @@ impl StreamSlots {
             breakdown); an event `error` (data: the error JSON) when a read fails, the stream \
             going on. Ends when the server shuts down.",
             content_type = "text/event-stream", body = StatsBody),
-        (status = 400, description = "The id is not a UUID, or `by` is not `ad`", body = ErrorBody),
+        (status = 400, description = "The id is not a UUID, `by` is not `ad`, or `format` is not `json`", body = ErrorBody),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 503, description = "`MAX_STREAMS` streams are open, the service is shutting \
             down, or the storage is unavailable", body = ErrorBody),
