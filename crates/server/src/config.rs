@@ -29,6 +29,7 @@ use crate::edge::EdgeSettings;
 use crate::ingest::{INGEST_GRACE, IngestSettings};
 use crate::pixel_id::{PixelIdMode, PixelSettings};
 use crate::routes::ApiSettings;
+use crate::routes::stream::StreamSettings;
 pub use crate::secret::Secret;
 use crate::server::ConnectionLimits;
 use crate::storage::disk::{DiskOptions, FsyncPolicy};
@@ -285,6 +286,16 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..=10_000_000)
     )]
     pub rate_limit_per_client: Option<u32>,
+
+    /// Most live stats streams (`/stats/stream`, the dashboard's live
+    /// pages) open at once; beyond it a new stream is refused with 503.
+    #[arg(
+        long,
+        env = "MAX_STREAMS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub max_streams: u32,
 
     /// Most live duplicate-detection keys (embedded and disk stores); at the
     /// limit, impressions that would add a key are refused with 503 rather
@@ -648,6 +659,9 @@ impl Config {
             max_dedup_keys: self.max_dedup_keys,
             budget: self.memory_budget().0,
             rate_limit_per_client: self.rate_limit_per_client,
+            streams: StreamSettings {
+                max_streams: self.max_streams as usize,
+            },
         }
     }
 
@@ -952,6 +966,21 @@ mod tests {
         }
         let config = parse(&["--enqueue-timeout", "0s"]).unwrap();
         assert_eq!(config.enqueue_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn max_streams_defaults_to_256_and_is_at_least_1() {
+        assert_eq!(parse(&[]).unwrap().api().streams.max_streams, 256);
+        assert_eq!(
+            parse(&["--max-streams", "3"])
+                .unwrap()
+                .api()
+                .streams
+                .max_streams,
+            3
+        );
+        let err = parse(&["--max-streams", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--max-streams"), "{err}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower::Service;
 
@@ -332,22 +332,46 @@ where
         conn.mark_busy();
         Box::pin(async move {
             let shared = &conn.shared;
-            let (response, finished) = shared.edge.serve(&shared.router, conn.peer, request).await;
+            let (response, finished, streaming) =
+                shared.edge.serve(&shared.router, conn.peer, request).await;
+            if streaming {
+                // A stream's answer is its body: the connection stays busy
+                // until the body is done (or dropped), so the idle watch
+                // does not close a live stream.
+                let busy = BusyUntilDropped(Arc::clone(&conn));
+                return Ok(response.map(move |body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &busy;
+                        frame
+                    }))
+                }));
+            }
             conn.mark_idle(finished);
             Ok(response)
         })
     }
 }
 
+/// Marks its connection idle when dropped: held by a streaming answer's
+/// body.
+struct BusyUntilDropped<R>(Arc<Connection<R>>);
+
+impl<R> Drop for BusyUntilDropped<R> {
+    fn drop(&mut self) {
+        self.0.mark_idle(Instant::now());
+    }
+}
+
 impl<R: EdgeRoutes> Edge<R> {
-    /// Serves one request from `peer`; returns the answer and when it was
-    /// ready.
+    /// Serves one request from `peer`; returns the answer, when it was
+    /// ready, and whether its body is a long-lived stream
+    /// ([`Route::streaming`]).
     async fn serve<B>(
         &self,
         router: &Router,
         peer: SocketAddr,
         request: Request<B>,
-    ) -> (Response, Instant)
+    ) -> (Response, Instant, bool)
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -364,7 +388,8 @@ impl<R: EdgeRoutes> Edge<R> {
             response.status().as_u16(),
             finished.saturating_duration_since(started).as_secs_f64(),
         );
-        (response, finished)
+        let streaming = route.is_some_and(|r| r.streaming) && response.status().is_success();
+        (response, finished, streaming)
     }
 
     async fn handle<B>(

@@ -182,6 +182,11 @@ impl IngestQueue {
             })
     }
 
+    /// The most impressions the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
     /// Impressions queued or being applied now.
     pub fn depth(&self) -> usize {
         (self.capacity as usize).saturating_sub(self.room.available_permits())

@@ -26,6 +26,7 @@
 //! * [`server`]: the accept loop, connection limits and graceful shutdown.
 //! * [`metrics`]: Prometheus counters, gauges and latency histograms.
 //! * [`openapi`]: the generated OpenAPI spec and the offline docs page.
+//! * [`dashboard`]: the live dashboard's pages and files, compiled in.
 //! * [`telemetry`], [`shutdown`], [`timefmt`], [`secret`]: logs, signals,
 //!   time text, values never printed.
 
@@ -35,6 +36,7 @@ pub mod bulk;
 pub mod calendar;
 pub mod client_addr;
 pub mod config;
+pub mod dashboard;
 pub mod edge;
 pub mod error;
 #[cfg(feature = "fuzzing")]

@@ -10,7 +10,9 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::routes::{batch, campaigns, health, impressions, pixel, stats, timeseries};
+use crate::routes::{
+    batch, campaigns, health, impressions, ingest, pixel, stats, stream, timeseries,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -26,6 +28,7 @@ use crate::routes::{batch, campaigns, health, impressions, pixel, stats, timeser
         campaigns::list_campaigns,
         campaigns::get_campaign,
         stats::campaign_stats,
+        stream::stats_stream,
         timeseries::campaign_timeseries,
         impressions::track_impression,
         batch::track_batch,
@@ -33,6 +36,7 @@ use crate::routes::{batch, campaigns, health, impressions, pixel, stats, timeser
         health::healthz,
         health::readyz,
         health::metrics,
+        ingest::ingest_health,
     ),
     components(schemas(ErrorBody)),
     tags(

@@ -22,6 +22,10 @@ pub const CAMPAIGNS: &str = "/api/v1/campaigns";
 pub const CAMPAIGN: &str = "/api/v1/campaigns/{id}";
 /// `GET`: a campaign's stats.
 pub const CAMPAIGN_STATS: &str = "/api/v1/campaigns/{id}/stats";
+/// `GET`: a campaign's stats as Server-Sent Events, one a second.
+pub const CAMPAIGN_STATS_STREAM: &str = "/api/v1/campaigns/{id}/stats/stream";
+/// `GET`: ingest health (accepted and refused impressions, the queue).
+pub const INGEST: &str = "/api/v1/ingest";
 /// `GET`: a campaign's time series.
 pub const CAMPAIGN_TIMESERIES: &str = "/api/v1/campaigns/{id}/timeseries";
 /// `GET`: liveness.
@@ -36,6 +40,15 @@ pub const OPENAPI: &str = "/openapi.json";
 pub const DOCS: &str = "/docs";
 /// `GET`: the docs page's assets (`/docs/` itself and its files).
 pub const DOCS_ASSETS: [&str; 2] = ["/docs/", "/docs/{*rest}"];
+
+/// `GET`: redirects to the dashboard.
+pub const ROOT: &str = "/";
+/// `GET`: the dashboard's campaign list.
+pub const DASHBOARD: &str = "/dashboard";
+/// `GET`: the dashboard's page of one campaign.
+pub const DASHBOARD_CAMPAIGN: &str = "/dashboard/campaigns/{id}";
+/// `GET`: the dashboard's script, styles and vendored chart library.
+pub const DASHBOARD_ASSETS: &str = "/dashboard/assets/{file}";
 
 /// Who may call a route, which decides what the edge does with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +74,10 @@ pub struct Route {
     /// Whether the OpenAPI document describes it (the document and the docs
     /// page describe the API, not themselves).
     pub documented: bool,
+    /// Whether its answer is a long-lived stream (Server-Sent Events): the
+    /// edge keeps the connection marked busy until the stream ends, so the
+    /// idle timeout (`HEADER_READ_TIMEOUT`) does not cut it.
+    pub streaming: bool,
     /// Whether the template has parameters (else a path matches it only by
     /// being equal to it).
     templated: bool,
@@ -72,7 +89,16 @@ impl Route {
             path,
             access,
             documented,
+            streaming: false,
             templated: has_parameters(path),
+        }
+    }
+
+    /// The same route, answering a long-lived stream.
+    const fn stream(self) -> Self {
+        Route {
+            streaming: true,
+            ..self
         }
     }
 
@@ -97,6 +123,8 @@ pub const ROUTES: &[Route] = &[
     Route::new(CAMPAIGN, Access::Management, true),
     Route::new(CAMPAIGN_STATS, Access::Management, true),
     Route::new(CAMPAIGN_TIMESERIES, Access::Management, true),
+    Route::new(CAMPAIGN_STATS_STREAM, Access::Management, true).stream(),
+    Route::new(INGEST, Access::Management, true),
     Route::new(HEALTHZ, Access::Operations, true),
     Route::new(READYZ, Access::Operations, true),
     Route::new(METRICS, Access::Operations, true),
@@ -104,6 +132,12 @@ pub const ROUTES: &[Route] = &[
     Route::new(DOCS, Access::Operations, false),
     Route::new(DOCS_ASSETS[0], Access::Operations, false),
     Route::new(DOCS_ASSETS[1], Access::Operations, false),
+    // The dashboard's pages and files hold no data (they fetch it from the
+    // API, with the key): open, like the docs, and never shed.
+    Route::new(ROOT, Access::Operations, false),
+    Route::new(DASHBOARD, Access::Operations, false),
+    Route::new(DASHBOARD_CAMPAIGN, Access::Operations, false),
+    Route::new(DASHBOARD_ASSETS, Access::Operations, false),
 ];
 
 /// The route a raw request path falls under, as axum's router would match
@@ -166,7 +200,8 @@ mod tests {
             let path = route
                 .path
                 .replace("{id}", "0190c4c2-6e4b-7c2a-9a4e-1f2e3d4c5b6a")
-                .replace("{*rest}", "swagger-ui.css");
+                .replace("{*rest}", "swagger-ui.css")
+                .replace("{file}", "dashboard.js");
             assert_eq!(route_of(&path), Some(route), "{path}");
         }
         assert_eq!(
@@ -180,7 +215,6 @@ mod tests {
     fn paths_no_route_serves_are_unmatched() {
         for path in [
             "",
-            "/",
             "/api",
             "/api/v1",
             "/api/v1/campaigns/",
@@ -190,6 +224,9 @@ mod tests {
             "/API/v1/impressions",
             "/healthz/",
             "/metrics/x",
+            "/dashboard/",
+            "/dashboard/campaigns",
+            "/dashboard/assets/a/b.js",
             "healthz",
         ] {
             assert_eq!(route_of(path), None, "{path:?}");

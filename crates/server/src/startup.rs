@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
+use crate::dashboard;
 use crate::edge::{Edge, EdgeRoutes, EdgeSettings, WithEdge};
 use crate::error::ApiError;
 use crate::ingest::{IngestQueue, Workers, spawn_maintenance};
@@ -57,11 +58,14 @@ pub enum StartupError {
     },
 }
 
-/// What the server serves: the routes and the API docs behind the edge,
+/// What the server serves: the routes, the API docs and the dashboard
+/// behind the edge,
 /// the edge calling the hot route through the state.
 pub fn app(state: AppState, edge: &EdgeSettings) -> WithEdge<AppState> {
     let edge = Edge::new(edge, Arc::clone(&state.metrics), state.clone());
-    let router = routes::router(state).merge(openapi::docs());
+    let router = routes::router(state)
+        .merge(openapi::docs())
+        .merge(dashboard::router());
     WithEdge::new(edge, routes::with_error_fallbacks(router))
 }
 

@@ -62,7 +62,19 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    fn as_str(self) -> &'static str {
+    /// Every reason, in label order.
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::Invalid,
+        RejectReason::UnknownCampaign,
+        RejectReason::NotStarted,
+        RejectReason::QueueFull,
+        RejectReason::Unavailable,
+        RejectReason::MemoryLimit,
+        RejectReason::RateLimited,
+    ];
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
         match self {
             RejectReason::Invalid => "invalid",
             RejectReason::UnknownCampaign => "unknown_campaign",
@@ -176,6 +188,22 @@ const STATUSES: &[(u16, &str)] = &[
 
 /// Batch size bucket bounds: 1 to 16,384, by fours.
 const BATCH_BOUNDS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
+
+/// The ingest counters since the process started (see
+/// [`Metrics::ingest_counts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestCounts {
+    /// `impressions_received_total`.
+    pub received: u64,
+    /// `impressions_counted_total`, summed over `id_source`.
+    pub counted: u64,
+    /// `impressions_duplicate_total`.
+    pub duplicates: u64,
+    /// `impressions_rejected_total`, by reason (every reason, 0 included).
+    pub rejected: [(RejectReason, u64); RejectReason::ALL.len()],
+    /// `store_apply_failures_total`.
+    pub apply_failures: u64,
+}
 
 /// The service's metrics and the registry that exposes them.
 pub struct Metrics {
@@ -356,6 +384,27 @@ impl Metrics {
                 reason: RejectReason::Unavailable.as_str(),
             })
             .inc_by(size as u64);
+    }
+
+    /// The ingest counters as they stand: what `GET /api/v1/ingest` shows,
+    /// the same numbers `/metrics` exposes.
+    pub fn ingest_counts(&self) -> IngestCounts {
+        let rejected = RejectReason::ALL.map(|reason| {
+            let n = self
+                .rejected
+                .get(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .map_or(0, |c| c.get());
+            (reason, n)
+        });
+        IngestCounts {
+            received: self.received.get(),
+            counted: self.counted.iter().map(Counter::get).sum(),
+            duplicates: self.duplicates.get(),
+            rejected,
+            apply_failures: self.apply_failures.get(),
+        }
     }
 
     /// The Prometheus text exposition, with gauges read now.

@@ -8,6 +8,9 @@
 //! * [`admission`]: the rules all three apply before queueing;
 //! * [`stats`]: a campaign's counts, optionally per ad;
 //! * [`timeseries`]: counts per second, minute or hour;
+//! * [`stream`]: a campaign's stats as Server-Sent Events, once a second;
+//! * [`ingest`]: ingest health (accepted and refused impressions, the
+//!   queue) as JSON, for the dashboard;
 //! * [`health`]: liveness, readiness and Prometheus metrics.
 //!
 //! The API description (`/openapi.json`) and its docs page (`/docs`) are
@@ -20,8 +23,10 @@ pub mod campaigns;
 pub mod csv;
 pub mod health;
 pub mod impressions;
+pub mod ingest;
 pub mod pixel;
 pub mod stats;
+pub mod stream;
 pub mod timeseries;
 
 use std::ops::Deref;
@@ -34,6 +39,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use impression_core::{CampaignId, Clock};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, ApiKeys};
 use crate::budget::{MemoryBudget, StateBytes};
@@ -79,6 +85,8 @@ pub struct ApiSettings {
     pub budget: MemoryBudget,
     /// Impressions per second per client on the tracking endpoints.
     pub rate_limit_per_client: Option<u32>,
+    /// Live stats streams.
+    pub streams: stream::StreamSettings,
 }
 
 static NEXT_APP_ID: AtomicU64 = AtomicU64::new(0);
@@ -107,9 +115,13 @@ pub struct AppInner {
     pub pixel_ids: PixelIds,
     /// The per-client limit, if configured.
     pub rate_limiter: Option<RateLimiter>,
+    /// The open stats streams, bounded by `MAX_STREAMS`.
+    pub streams: stream::StreamSlots,
     /// Unique in the process, so per-thread caches keep applications apart.
     id: u64,
     shutting_down: AtomicBool,
+    /// Cancelled when shutdown begins, which ends every open stream.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -124,6 +136,7 @@ impl AppState {
     ) -> Self {
         let pixel_ids = PixelIds::new(settings.pixel.clone());
         let settings_rate = settings.rate_limit_per_client;
+        let streams = stream::StreamSlots::new(settings.streams.max_streams);
         AppState(Arc::new(AppInner {
             store,
             clock,
@@ -133,8 +146,10 @@ impl AppState {
             api_keys,
             pixel_ids,
             rate_limiter: settings_rate.map(RateLimiter::new),
+            streams,
             id: NEXT_APP_ID.fetch_add(1, Ordering::Relaxed),
             shutting_down: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
         }))
     }
 
@@ -143,9 +158,17 @@ impl AppState {
         self.0.id
     }
 
-    /// Marks the service as draining: `/readyz` fails from now on.
+    /// Marks the service as draining: `/readyz` fails from now on, and
+    /// every open stats stream ends (so graceful shutdown does not wait for
+    /// them).
     pub fn begin_shutdown(&self) {
         self.0.shutting_down.store(true, Ordering::Relaxed);
+        self.0.shutdown.cancel();
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_begun(&self) {
+        self.0.shutdown.cancelled().await;
     }
 
     /// Whether the service is draining.
@@ -207,6 +230,8 @@ pub fn router(state: AppState) -> Router {
             paths::CAMPAIGN_TIMESERIES,
             get(timeseries::campaign_timeseries),
         )
+        .route(paths::CAMPAIGN_STATS_STREAM, get(stream::stats_stream))
+        .route(paths::INGEST, get(ingest::ingest_health))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.api_keys),
             auth::require_key,

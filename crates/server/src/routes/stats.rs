@@ -214,7 +214,7 @@ pub async fn campaign_stats(
     }
 }
 
-async fn stats_body(
+pub(super) async fn stats_body(
     app: &AppState,
     id: impression_core::CampaignId,
     by: Option<&str>,

@@ -106,6 +106,12 @@ async fn openapi_documents_every_route_and_its_errors() {
             "get",
             &["200", "400", "404", "409", "503"],
         ),
+        (
+            "/api/v1/campaigns/{id}/stats/stream",
+            "get",
+            &["200", "400", "404", "503"],
+        ),
+        ("/api/v1/ingest", "get", &["200", "401"]),
         ("/healthz", "get", &["200"]),
         ("/readyz", "get", &["200", "503"]),
         ("/metrics", "get", &["200"]),

@@ -44,7 +44,8 @@ async fn every_route_in_the_table_is_served() {
         let path = route
             .path
             .replace("{id}", &id)
-            .replace("{*rest}", "index.css");
+            .replace("{*rest}", "index.css")
+            .replace("{file}", "dashboard.js");
         // A route that exists answers another method with 405; a path no
         // route serves, 404.
         let response = app.client.delete(app.url(&path)).send().await.unwrap();
