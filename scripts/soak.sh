@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 SOAK=${SOAK:-10m}
 RATE=${RATE:-200000}
-OUT=${CARGO_TARGET_DIR:-target}/bench
+OUT=${OUT:-${CARGO_TARGET_DIR:-target}/bench}
 mkdir -p "$OUT"
 cargo build --release -q -p impression-counter -p loadgen
 BIN=${CARGO_TARGET_DIR:-target}/release

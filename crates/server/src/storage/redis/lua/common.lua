@@ -63,7 +63,7 @@ end
 -- one second is a handful of HINCRBYs, and the per-impression work is one
 -- table increment.
 local function new_tally()
-  return { seconds = {}, inc = {}, ttl = {}, maxh = {}, hour_keys = {}, users = {}, maxu = {} }
+  return { seconds = {}, inc = {}, ttl = {}, maxh = {}, hour_keys = {}, users = {}, maxu = {}, ukeys = {} }
 end
 
 local function tally_add(tally, key, field, n, ttl_s)
@@ -127,23 +127,42 @@ end
 
 -- UniqueCounter::record for counter k of the campaign at base: the user
 -- goes into the sketches of its minute (while within the last day), its
--- hour (while within the history) and the total.
+-- hour (while within the history) and the total. The key names of a
+-- counter's current minute and hour are kept between impressions (building
+-- strings is most of a script's own time).
 local function count_user(tally, base, k, sec, id, hash, ctx)
   local minute = floor(sec / 60)
-  local hour = floor(sec / 3600)
-  local prefix = base .. ':' .. k
+  local hour = floor(minute / 60)
+  local per_base = tally.ukeys[base]
+  if not per_base then
+    per_base = {}
+    tally.ukeys[base] = per_base
+  end
+  local names = per_base[k]
+  if not names then
+    local prefix = base .. ':' .. k
+    names = { prefix = prefix, total = prefix .. ':ut' }
+    per_base[k] = names
+  end
   if minute + 1440 >= ctx.now_min then
-    user_add(tally, prefix .. ':um:' .. int(minute), id, hash,
-      (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
-    if not tally.maxu[base] or minute > tally.maxu[base] then
+    if names.minute ~= minute then
+      names.minute = minute
+      names.mkey = names.prefix .. ':um:' .. int(minute)
+    end
+    user_add(tally, names.mkey, id, hash, (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+    local top = tally.maxu[base]
+    if not top or minute > top then
       tally.maxu[base] = minute
     end
   end
   if hour + ctx.history > ctx.now_hour then
-    user_add(tally, prefix .. ':uh:' .. int(hour), id, hash,
-      (hour + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
+    if names.hour ~= hour then
+      names.hour = hour
+      names.hkey = names.prefix .. ':uh:' .. int(hour)
+    end
+    user_add(tally, names.hkey, id, hash, (hour + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
   end
-  user_add(tally, prefix .. ':ut', id, hash, nil)
+  user_add(tally, names.total, id, hash, nil)
 end
 
 -- Writes the users gathered for each sketch: one PFADD and (while exact)
@@ -152,19 +171,24 @@ local function users_flush(tally)
   for key, s in pairs(tally.users) do
     local set, hll = key .. ':s', key .. ':p'
     redis.call('PFADD', hll, unpack(s.ids))
+    local promoted = false
     if redis.call('SISMEMBER', set, 'x') == 0 then
-      redis.call('SADD', set, unpack(s.hashes))
-      if redis.call('SCARD', set) > 128 then
+      if redis.call('SADD', set, unpack(s.hashes)) > 0 and redis.call('SCARD', set) > 128 then
         -- Past the exact threshold for good: the HLL answers from now on.
         redis.call('DEL', set)
         redis.call('SADD', set, 'x')
+        promoted = true
       end
     end
     if s.ttl then
+      -- A sketch's expiry depends on its key alone: set once, when its HLL
+      -- is new (the set is made in the same call), or again for a set that
+      -- was just replaced.
       local ttl = s.ttl
       if ttl < 1 then ttl = 1 end
-      redis.call('EXPIRE', hll, int(ttl), 'NX')
-      redis.call('EXPIRE', set, int(ttl), 'NX')
+      if redis.call('EXPIRE', hll, int(ttl), 'NX') == 1 or promoted then
+        redis.call('EXPIRE', set, int(ttl), 'NX')
+      end
     end
   end
   for base, minute in pairs(tally.maxu) do
