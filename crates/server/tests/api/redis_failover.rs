@@ -162,6 +162,22 @@ async fn fail_under_load(
     })
     .await;
     let ledger = load.stop().await;
+    for node in nodes {
+        let metrics = node.metrics().await;
+        let m = |name: &str| crate::helpers::metric(&metrics, name).unwrap_or_default();
+        eprintln!(
+            "node: {} reconnects, {} failovers seen, {} ack refusals, {} masters up",
+            m("redis_reconnects_total"),
+            m("redis_failovers_total"),
+            m("redis_replica_ack_refusals_total"),
+            m("redis_masters_up")
+        );
+    }
+    let first_refusal = ledger.refusals.iter().filter(|at| **at > failed).min();
+    eprintln!(
+        "first 503 {:?} after the failure",
+        first_refusal.map(|at| at.duration_since(failed))
+    );
     let last_refusal = ledger.refusals.iter().filter(|at| **at > failed).max();
     let outage = last_refusal.map_or(Duration::ZERO, |at| at.duration_since(failed));
     eprintln!(

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::time::{Instant, sleep};
 
-use crate::helpers::{TestApp, config, spawn_app_on};
+use crate::helpers::{config, spawn_app_on};
 use crate::redis_servers::{ReplicatedCluster, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -349,7 +349,7 @@ fn own_dir(kind: &str) -> PathBuf {
 /// A synchronous connection to `url` for test set-up, bounded in time.
 fn admin(url: &str) -> redis::RedisResult<redis::Connection> {
     let client = redis::Client::open(url)?;
-    let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    let conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
     Ok(conn)
@@ -466,14 +466,21 @@ impl ReplicatedCluster {
             let Ok(mut c) = admin(&s.url()) else { continue };
             let Ok(ranges) = redis::cmd("CLUSTER")
                 .arg("SLOTS")
-                .query::<Vec<(u16, u16, (String, u16))>>(&mut c)
+                .query::<Vec<Vec<redis::Value>>>(&mut c)
             else {
                 continue;
             };
-            let port = ranges
-                .iter()
-                .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
-                .map(|(_, _, (_, port))| *port)?;
+            let int = |v: Option<&redis::Value>| match v {
+                Some(redis::Value::Int(n)) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let port = ranges.iter().find_map(|range| {
+                let (lo, hi) = (int(range.first())?, int(range.get(1))?);
+                let redis::Value::Array(master) = range.get(2)? else {
+                    return None;
+                };
+                (lo..=hi).contains(&slot).then(|| int(master.get(1))).flatten()
+            })?;
             return self
                 .servers
                 .iter()
@@ -494,11 +501,6 @@ impl ReplicatedCluster {
         let server = self.servers[index].as_ref().expect("a live node");
         let mut c = admin(&server.url()).expect("the node answers");
         cmd.query(&mut c).expect("the command succeeds")
-    }
-
-    /// The URL of node `index`.
-    pub fn url(&self, index: usize) -> String {
-        self.servers[index].as_ref().expect("a live node").url()
     }
 
     /// Moves `slot` from its master to node `to` as `redis-cli --cluster
@@ -686,25 +688,5 @@ impl SentinelSetup {
         if let Some(server) = self.servers[index].take() {
             drop(server);
         }
-    }
-
-    /// Waits until the sentinels name a live master other than `old_port`,
-    /// and it says it is a master.
-    pub fn wait_promoted(&self, old_port: u16, within: Duration) -> u16 {
-        let mut promoted = 0;
-        wait_until(within, "sentinel did not promote the replica", || {
-            let Some(port) = self.master_port() else {
-                return false;
-            };
-            promoted = port;
-            port != old_port
-                && self.index_of(port).is_some()
-                && admin(&format!("redis://127.0.0.1:{port}"))
-                    .and_then(|mut c| redis::cmd("ROLE").query::<Vec<redis::Value>>(&mut c))
-                    .is_ok_and(|r| {
-                        matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master")
-                    })
-        });
-        promoted
     }
 }

@@ -287,11 +287,6 @@ impl Health {
             && since != 0
             && u128::from(super::wall_ms().saturating_sub(since)) >= for_at_least.as_millis()
     }
-
-    /// Whether the last operation succeeded.
-    pub fn is_up(&self) -> bool {
-        self.streak.load(Ordering::Relaxed) == 0
-    }
 }
 
 /// Awaits `op`, reporting its outcome (or its being dropped unfinished) to

@@ -45,9 +45,9 @@ use crate::telemetry::chain;
 /// Failed operations in a row before a connection may be called stuck.
 pub const STUCK_FAILURES: u64 = 3;
 /// How long failures must last before a connection is called stuck.
-pub const STUCK_FOR: Duration = Duration::from_secs(2);
+pub const STUCK_FOR: Duration = Duration::from_secs(1);
 /// The least time between two rebuilds.
-pub const REBUILD_EVERY: Duration = Duration::from_secs(2);
+pub const REBUILD_EVERY: Duration = Duration::from_secs(1);
 /// How often the link is checked.
 pub const HEAL_EVERY: Duration = Duration::from_millis(500);
 /// How long to wait for one sentinel's answer.
