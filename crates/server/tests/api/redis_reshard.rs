@@ -76,7 +76,10 @@ async fn slots_moved_under_load_keep_the_totals_exact() {
                             sent.lock().2.insert(user);
                             sleep(Duration::from_millis(20)).await;
                         }
-                        other => panic!("unexpected {other} for user {user}"),
+                        other => panic!(
+                            "unexpected {other} for user {user}: {}",
+                            response.text().await.unwrap_or_default()
+                        ),
                     }
                     user += 8;
                 }

@@ -350,7 +350,10 @@ pub fn store_error(e: RedisError) -> StoreError {
         || matches!(
             e.code(),
             Some("OOM" | "BUSY" | "LOADING" | "MISCONF" | "NOREPLICAS" | "NOAUTH" | "WRONGPASS")
-        );
+        )
+        // A script meeting a key of a slot being migrated (which the
+        // campaign scripts' absent key keeps from happening half-way).
+        || e.to_string().contains("non local key");
     if retryable {
         StoreError::unavailable_by("Redis", e)
     } else {

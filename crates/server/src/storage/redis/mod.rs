@@ -418,6 +418,7 @@ impl RedisStore {
             self.scripts
                 .stats
                 .key(self.keys.campaign_totals(id))
+                .key(self.keys.campaign_absent(id))
                 .arg(now.as_secs())
                 .arg(mode)
                 .invoke_async(&mut self.conn()),
@@ -616,6 +617,7 @@ impl Store for RedisStore {
             self.scripts
                 .series
                 .key(self.keys.campaign_totals(id))
+                .key(self.keys.campaign_absent(id))
                 .arg(kind)
                 .arg(first)
                 .arg(count)
@@ -644,6 +646,7 @@ impl Store for RedisStore {
         }
         let mut call = self.scripts.range.prepare_invoke();
         call.key(self.keys.campaign_totals(id))
+                .key(self.keys.campaign_absent(id))
             .arg(metric_arg(metric))
             .arg(now.as_secs())
             .arg(self.rules.keep_hours)

@@ -219,7 +219,8 @@ impl RedisStore {
             let id = ids[*campaign];
             let mut call = self.scripts.count.prepare_invoke();
             call.key(self.keys.campaign_totals(id))
-                .key(self.keys.campaign_markers(id, slice));
+                .key(self.keys.campaign_markers(id, slice))
+                .key(self.keys.campaign_absent(id));
             self.count_args(&mut call, now.as_millis(), &chunk, "*", items.len());
             for p in items {
                 let imp = &batch[p.index];
@@ -397,7 +398,8 @@ impl RedisStore {
             };
             let mut call = self.scripts.count.prepare_invoke();
             call.key(self.keys.campaign_totals(id))
-                .key(self.keys.campaign_markers(id, slice));
+                .key(self.keys.campaign_markers(id, slice))
+                .key(self.keys.campaign_absent(id));
             self.count_args(&mut call, now_ms, &chunk_text, "r", items.len());
             for (_, ad, t, user, hash) in items {
                 call.arg(bucket).arg(ad).arg(t).arg(user).arg(hash);
