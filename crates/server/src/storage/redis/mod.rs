@@ -281,7 +281,7 @@ impl RedisStore {
             (true, true, Some(url)) => Target::Url(url),
             (true, true, None) => {
                 return Err(StoreError::internal(
-                    "STORAGE=redis needs REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS",
+                    "STORAGE=redis needs REDIS_URL or REDIS_CLUSTER_NODES (or REDIS_SENTINELS)",
                 ));
             }
         };
