@@ -144,9 +144,11 @@ async fn fail_under_load(
 ) -> (Ledger, u64, Duration) {
     let load = Load::start(nodes, campaign, 8);
     let started = Instant::now();
-    until(Duration::from_secs(20), "acknowledged before the failure", || async {
-        (0..nodes.len()).all(|n| load.acks_since(started, n) >= 50)
-    })
+    until(
+        Duration::from_secs(20),
+        "acknowledged before the failure",
+        || async { (0..nodes.len()).all(|n| load.acks_since(started, n) >= 50) },
+    )
     .await;
 
     let failed = Instant::now();
@@ -262,7 +264,10 @@ async fn a_cluster_master_killed_under_load_fails_over_without_a_restart() {
         ledger.sent.len()
     );
     // ...and no acknowledged user is counted twice: each is a duplicate.
-    assert_eq!(again, 0, "acknowledged users counted again after the failover");
+    assert_eq!(
+        again, 0,
+        "acknowledged users counted again after the failover"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -364,7 +369,10 @@ async fn chunks_wait_for_replicas_and_are_refused_without_them() {
     .await;
     let campaign = app.create_campaign("acks").await;
     assert_eq!(app.track_and_wait(&campaign, "u1", "ad").await, "counted");
-    assert_eq!(app.track(&campaign, "u2", "ad").await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        app.track(&campaign, "u2", "ad").await.status(),
+        StatusCode::ACCEPTED
+    );
 
     // Without its replica the master still takes writes, but no chunk is
     // acknowledged: a failover could lose it.
@@ -378,7 +386,8 @@ async fn chunks_wait_for_replicas_and_are_refused_without_them() {
     }
     let metrics = app.metrics().await;
     assert!(
-        crate::helpers::metric(&metrics, "redis_replica_ack_refusals_total").is_some_and(|n| n >= 2),
+        crate::helpers::metric(&metrics, "redis_replica_ack_refusals_total")
+            .is_some_and(|n| n >= 2),
         "{metrics}"
     );
 }

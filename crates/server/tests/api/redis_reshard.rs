@@ -49,7 +49,11 @@ async fn slots_moved_under_load_keep_the_totals_exact() {
     let bucket_slot = slot(bucket_tag(0).as_bytes());
 
     // Clients: distinct users, to both nodes, as fast as they answer.
-    let sent = Arc::new(Mutex::new((BTreeSet::new(), BTreeSet::new(), BTreeSet::new())));
+    let sent = Arc::new(Mutex::new((
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    )));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8u64)
         .map(|client| {
@@ -145,11 +149,17 @@ async fn slots_moved_under_load_keep_the_totals_exact() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let total = nodes[1].counts(&campaign).await.2;
-        assert!(total <= users, "counted {total} of {users} users: some twice");
+        assert!(
+            total <= users,
+            "counted {total} of {users} users: some twice"
+        );
         if total == users {
             break;
         }
-        assert!(Instant::now() < deadline, "counted {total} of {users} users");
+        assert!(
+            Instant::now() < deadline,
+            "counted {total} of {users} users"
+        );
         sleep(Duration::from_millis(250)).await;
     }
     // Sent again, every one is a duplicate, on either node.

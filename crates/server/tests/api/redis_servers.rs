@@ -340,10 +340,7 @@ fn require_redis_server() {
 /// A directory of its own for one server of a test's deployment.
 fn own_dir(kind: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    scratch_dir(&format!(
-        "{kind}-{}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ))
+    scratch_dir(&format!("{kind}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// A synchronous connection to `url` for test set-up, bounded in time.
@@ -479,7 +476,10 @@ impl ReplicatedCluster {
                 let redis::Value::Array(master) = range.get(2)? else {
                     return None;
                 };
-                (lo..=hi).contains(&slot).then(|| int(master.get(1))).flatten()
+                (lo..=hi)
+                    .contains(&slot)
+                    .then(|| int(master.get(1)))
+                    .flatten()
             })?;
             return self
                 .servers
@@ -597,12 +597,20 @@ impl SentinelSetup {
         let master = Server::start(&own_dir("sentinel-master"), &[], true);
         let replica = Server::start(
             &own_dir("sentinel-replica"),
-            &["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()],
+            &[
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
             true,
         );
         wait_until(Duration::from_secs(20), "the replica did not sync", || {
             admin(&replica.url())
-                .and_then(|mut c| redis::cmd("INFO").arg("replication").query::<String>(&mut c))
+                .and_then(|mut c| {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut c)
+                })
                 .is_ok_and(|i| i.contains("master_link_status:up"))
         });
         let sentinels = (0..sentinels)
@@ -627,18 +635,22 @@ impl SentinelSetup {
             sentinels,
         };
         // Sentinel learns of the replica from the master's INFO.
-        wait_until(Duration::from_secs(30), "sentinel did not find the replica", || {
-            setup.sentinels.iter().all(|s| {
-                admin(&s.url())
-                    .and_then(|mut c| {
-                        redis::cmd("SENTINEL")
-                            .arg("REPLICAS")
-                            .arg(SENTINEL_MASTER)
-                            .query::<Vec<redis::Value>>(&mut c)
-                    })
-                    .is_ok_and(|r| !r.is_empty())
-            })
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "sentinel did not find the replica",
+            || {
+                setup.sentinels.iter().all(|s| {
+                    admin(&s.url())
+                        .and_then(|mut c| {
+                            redis::cmd("SENTINEL")
+                                .arg("REPLICAS")
+                                .arg(SENTINEL_MASTER)
+                                .query::<Vec<redis::Value>>(&mut c)
+                        })
+                        .is_ok_and(|r| !r.is_empty())
+                })
+            },
+        );
         setup
     }
 

@@ -111,9 +111,7 @@ impl Conn {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let wait = || redis::cmd("WAIT").arg(replicas).arg(timeout_ms).to_owned();
         match &self.inner {
-            Inner::Single(_) => {
-                bounded(wait().query_async::<u64>(&mut self.clone())).await
-            }
+            Inner::Single(_) => bounded(wait().query_async::<u64>(&mut self.clone())).await,
             Inner::Cluster(cluster) => {
                 let calls = slots.iter().map(|&slot| {
                     let mut cluster = cluster.clone();
@@ -132,7 +130,11 @@ impl Conn {
                 for acks in join_all(calls).await {
                     fewest = fewest.min(acks?);
                 }
-                Ok(if slots.is_empty() { u64::from(replicas) } else { fewest })
+                Ok(if slots.is_empty() {
+                    u64::from(replicas)
+                } else {
+                    fewest
+                })
             }
         }
     }
@@ -157,7 +159,8 @@ impl Conn {
             let (Some(first), Some(Value::Array(master))) = (parts.first(), parts.get(2)) else {
                 continue;
             };
-            let first: u16 = redis::from_redis_value_ref(first).map_err(|e| store_error(e.into()))?;
+            let first: u16 =
+                redis::from_redis_value_ref(first).map_err(|e| store_error(e.into()))?;
             let host: String = master
                 .first()
                 .map(redis::from_redis_value_ref)

@@ -181,7 +181,11 @@ impl Link {
     }
 
     async fn rebuild(&self, stuck: bool, moved: bool) {
-        tracing::warn!(stuck, master_moved = moved, "replacing the Redis connection");
+        tracing::warn!(
+            stuck,
+            master_moved = moved,
+            "replacing the Redis connection"
+        );
         match connect(&self.target).await {
             Ok((conn, master)) => {
                 *self.current.write() = conn;
@@ -305,9 +309,7 @@ fn with_address(url: &str, address: &str) -> String {
         Some(at) => rest.split_at(at),
         None => (rest, ""),
     };
-    let credentials = authority
-        .rfind('@')
-        .map_or("", |at| &authority[..=at]);
+    let credentials = authority.rfind('@').map_or("", |at| &authority[..=at]);
     let address = match address.rsplit_once(':') {
         Some((host, port)) if host.contains(':') && !host.starts_with('[') => {
             format!("[{host}]:{port}")
@@ -328,7 +330,13 @@ mod tests {
             "rediss://:pw@10.0.0.9:6380/2"
         );
         assert_eq!(with_address("", "h:1"), "redis://h:1");
-        assert_eq!(with_address("redis://u:p@x", "::1:7"), "redis://u:p@[::1]:7");
-        assert_eq!(with_address("a:1?protocol=resp3", "b:2"), "redis://b:2?protocol=resp3");
+        assert_eq!(
+            with_address("redis://u:p@x", "::1:7"),
+            "redis://u:p@[::1]:7"
+        );
+        assert_eq!(
+            with_address("a:1?protocol=resp3", "b:2"),
+            "redis://b:2?protocol=resp3"
+        );
     }
 }

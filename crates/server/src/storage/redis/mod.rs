@@ -646,7 +646,7 @@ impl Store for RedisStore {
         }
         let mut call = self.scripts.range.prepare_invoke();
         call.key(self.keys.campaign_totals(id))
-                .key(self.keys.campaign_absent(id))
+            .key(self.keys.campaign_absent(id))
             .arg(metric_arg(metric))
             .arg(now.as_secs())
             .arg(self.rules.keep_hours)
@@ -709,12 +709,8 @@ impl Store for RedisStore {
                 .query_async::<Value>(&mut self.conn()),
         )
         .await?;
-        let kept: Option<String> = bounded(
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut self.conn()),
-        )
-        .await?;
+        let kept: Option<String> =
+            bounded(redis::cmd("GET").arg(&key).query_async(&mut self.conn())).await?;
         kept.as_deref()
             .and_then(HashSecret::from_hex)
             .ok_or_else(|| {
