@@ -434,6 +434,14 @@ impl ReplicatedCluster {
     /// a live master, and every live replica's link to its master is up.
     pub fn wait_healthy(&self, within: Duration) {
         wait_until(within, "the cluster did not become healthy", || {
+            self.is_healthy()
+        });
+    }
+
+    /// Whether every live node says `cluster_state:ok`, every slot has a
+    /// live master, and every live replica's link to its master is up.
+    pub fn is_healthy(&self) -> bool {
+        {
             self.live().all(|s| {
                 let Ok(mut c) = admin(&s.url()) else {
                     return false;
@@ -453,7 +461,7 @@ impl ReplicatedCluster {
                 self.index_of_master(i * 5461)
                     .is_some_and(|m| self.servers[m].is_some())
             })
-        });
+        }
     }
 
     /// The index of the live node that is master of `slot`, as a live
