@@ -91,7 +91,7 @@ use super::{BackendGauges, HashSecret, Store, StoreError, StoreGauges};
 use crate::telemetry::chain;
 
 /// Where the Redis backend connects, and its key prefix.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RedisOptions {
     /// One node (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
     pub url: Option<String>,
@@ -111,6 +111,21 @@ pub struct RedisOptions {
     pub min_replicas_ack: u32,
     /// How long to wait for those replicas before answering 503.
     pub replica_ack_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: None,
+            cluster_nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            prefix: String::new(),
+            min_replicas_ack: 0,
+            // Never 0: `WAIT n 0` would block for good.
+            replica_ack_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// The longest [`RedisOptions::replica_ack_timeout`]: a `WAIT` must end well
@@ -285,9 +300,11 @@ impl RedisStore {
                 ));
             }
         };
-        if options.replica_ack_timeout > MAX_REPLICA_ACK_TIMEOUT {
+        if options.replica_ack_timeout.is_zero()
+            || options.replica_ack_timeout > MAX_REPLICA_ACK_TIMEOUT
+        {
             return Err(StoreError::internal(format!(
-                "REDIS_REPLICA_ACK_TIMEOUT must be at most {} s",
+                "REDIS_REPLICA_ACK_TIMEOUT must be more than 0 and at most {} s",
                 MAX_REPLICA_ACK_TIMEOUT.as_secs()
             )));
         }
