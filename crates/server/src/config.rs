@@ -212,6 +212,31 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "ic:")]
     pub redis_prefix: String,
 
+    /// Redis Sentinel addresses for `STORAGE=redis`, comma-separated
+    /// (`10.0.0.1:26379,10.0.0.2:26379`, or `redis://:password@host:26379`
+    /// when the sentinels need a password): the node writes to the master
+    /// they name `REDIS_SENTINEL_MASTER` and follows it when they promote
+    /// another. `REDIS_URL`, if set, gives the scheme, credentials and
+    /// database for the master (its host and port are not used).
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master name the sentinels of `REDIS_SENTINELS` monitor.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Replicas that must hold a chunk of impressions (Redis `WAIT`) before
+    /// it is acknowledged; on a cluster, replicas of every master the chunk
+    /// wrote to. Fewer within `REDIS_REPLICA_ACK_TIMEOUT`: 503. 0 (the
+    /// default) acknowledges once the master has it, so a master crash may
+    /// lose what it had not replicated yet.
+    #[arg(long, env = "REDIS_MIN_REPLICAS_ACK", default_value_t = 0)]
+    pub redis_min_replicas_ack: u32,
+
+    /// How long to wait for `REDIS_MIN_REPLICAS_ACK` replicas (at most 2s).
+    #[arg(long, env = "REDIS_REPLICA_ACK_TIMEOUT", default_value = "1s", value_parser = parse_replica_ack_timeout)]
+    pub redis_replica_ack_timeout: Duration,
+
     /// API keys for the management endpoints (campaigns, stats, timeseries,
     /// metrics), comma-separated; clients send `Authorization: Bearer <key>`.
     /// Unset (and no `API_KEYS_FILE`): those endpoints are open.
@@ -620,7 +645,11 @@ impl Config {
             StorageKind::Redis => Backend::Redis(RedisOptions {
                 url: self.redis_url.clone(),
                 cluster_nodes: self.redis_cluster_nodes.clone(),
+                sentinels: self.redis_sentinels.clone(),
+                sentinel_master: self.redis_sentinel_master.clone(),
                 prefix: self.redis_prefix.clone(),
+                min_replicas_ack: self.redis_min_replicas_ack,
+                replica_ack_timeout: self.redis_replica_ack_timeout,
             }),
         };
         StorageSettings {
@@ -766,6 +795,14 @@ fn parse_bounded_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d > MAX_TIMEOUT {
         return Err("must be at most 24h".into());
+    }
+    Ok(d)
+}
+
+fn parse_replica_ack_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > crate::storage::redis::MAX_REPLICA_ACK_TIMEOUT {
+        return Err("must be more than 0 and at most 2s".into());
     }
     Ok(d)
 }

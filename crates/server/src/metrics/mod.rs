@@ -17,6 +17,11 @@
 //!   scrape time;
 //! * `memory_state_bytes{kind}` (`dedup`, `counters`, `sketches`,
 //!   `campaigns`, `queue`) and `memory_limit_bytes`: the memory budget;
+//! * `redis_masters_up`, `redis_reconnects_total`, `redis_failovers_total`,
+//!   `redis_replica_ack_refusals_total` (Redis backend only, 0 otherwise):
+//!   masters answering, connections replaced (stuck, or a new master),
+//!   master changes seen (failovers, slots moved), chunks answered 503 for
+//!   want of `REDIS_MIN_REPLICAS_ACK` replicas;
 //! * `ingest_batch_size`: impressions per worker batch;
 //! * `store_apply_failures_total`: batches the backend failed to apply;
 //! * `http_request_duration_seconds{method,route,status}`: latency histogram,
@@ -40,7 +45,7 @@ use self::striped::{
 
 use crate::budget::StateBytes;
 use crate::paths::{self, Route};
-use crate::storage::StoreGauges;
+use crate::storage::{BackendGauges, StoreGauges};
 
 /// Why an impression was refused before it was counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -222,6 +227,7 @@ pub struct Metrics {
     queue_depth: Gauge,
     live_keys: Gauge,
     campaigns: Gauge,
+    redis: RedisMetrics,
     state_bytes: Family<KindLabel, Gauge>,
     memory_limit: Gauge,
     requests: Arc<RequestLatency>,
@@ -248,6 +254,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             live_keys: Gauge::default(),
             campaigns: Gauge::default(),
+            redis: RedisMetrics::default(),
             state_bytes: Family::default(),
             memory_limit: Gauge::default(),
             requests: Arc::new(RequestLatency::new(Labels {
@@ -307,6 +314,7 @@ impl Metrics {
             m.live_keys.clone(),
         );
         registry.register("campaigns", "Campaigns known", m.campaigns.clone());
+        m.redis.register(&mut registry);
         registry.register(
             "memory_state_bytes",
             "Bytes the state holds by kind, as the service accounts them against MEMORY_LIMIT",
@@ -418,6 +426,9 @@ impl Metrics {
         self.queue_depth.set(saturating_i64(queue_depth as u64));
         self.live_keys.set(saturating_i64(store.live_dedup_keys));
         self.campaigns.set(saturating_i64(store.campaigns));
+        if let Some(backend) = store.backend {
+            self.redis.set(backend);
+        }
         for (kind, bytes) in state.by_kind() {
             self.state_bytes
                 .get_or_create(&KindLabel { kind })
@@ -443,6 +454,52 @@ impl Metrics {
     pub fn observe_request(&self, route: usize, method: &str, status: u16, seconds: f64) {
         let method = self.requests.method_index(method);
         self.requests.observe(route, method, status, seconds);
+    }
+}
+
+/// The Redis backend's connection state (zero with other backends).
+#[derive(Default)]
+struct RedisMetrics {
+    masters_up: Gauge,
+    reconnects: Counter,
+    failovers: Counter,
+    ack_refusals: Counter,
+}
+
+impl RedisMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "redis_masters_up",
+            "Redis masters that answered the last check (Redis backend)",
+            self.masters_up.clone(),
+        );
+        registry.register(
+            "redis_reconnects",
+            "Redis connections replaced because they were stuck or the master moved",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "redis_failovers",
+            "Changes of Redis master seen: failovers, cluster slots moved",
+            self.failovers.clone(),
+        );
+        registry.register(
+            "redis_replica_ack_refusals",
+            "Chunks answered 503 because fewer than REDIS_MIN_REPLICAS_ACK replicas acknowledged them",
+            self.ack_refusals.clone(),
+        );
+    }
+
+    /// Sets the counters to the store's totals (they only grow).
+    fn set(&self, backend: BackendGauges) {
+        self.masters_up.set(saturating_i64(backend.masters_up));
+        for (counter, total) in [
+            (&self.reconnects, backend.reconnects),
+            (&self.failovers, backend.failovers),
+            (&self.ack_refusals, backend.replica_ack_refusals),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 }
 

@@ -150,6 +150,7 @@ impl Store for MemoryStore {
         StoreGauges {
             live_dedup_keys: self.engine.live_dedup_keys() as u64,
             campaigns: self.engine.campaign_count() as u64,
+            backend: None,
         }
     }
 }

@@ -113,6 +113,21 @@ pub struct StoreGauges {
     pub live_dedup_keys: u64,
     /// Campaigns known.
     pub campaigns: u64,
+    /// The state of a shared backend's connection (Redis), if any.
+    pub backend: Option<BackendGauges>,
+}
+
+/// The connection to a shared backend (Redis), for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendGauges {
+    /// Masters that answered the last check (a single node: 0 or 1).
+    pub masters_up: u64,
+    /// Connections replaced because they were stuck or the master moved.
+    pub reconnects: u64,
+    /// Changes of master seen: failovers, slots moved to another master.
+    pub failovers: u64,
+    /// Chunks answered 503 because too few replicas acknowledged them.
+    pub replica_ack_refusals: u64,
 }
 
 /// A random 256-bit secret, generated once and kept by the store: the

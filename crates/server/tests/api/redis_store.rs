@@ -103,4 +103,12 @@ async fn bad_settings_are_refused_with_the_setting_named() {
     ])
     .await;
     assert!(garbage.contains("REDIS_URL"), "{garbage}");
+    let nameless = opened(vec![
+        "--storage".into(),
+        "redis".into(),
+        "--redis-sentinels".into(),
+        "127.0.0.1:1".into(),
+    ])
+    .await;
+    assert!(nameless.contains("REDIS_SENTINEL_MASTER"), "{nameless}");
 }

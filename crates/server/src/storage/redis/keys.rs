@@ -75,6 +75,20 @@ impl KeySpace {
         format!("{}:tot", self.campaign_base(id))
     }
 
+    /// A key of the campaign's slot that is never written. Every campaign
+    /// script declares it (after its real keys), so on a cluster Redis
+    /// never runs one while the campaign's slot is being migrated: the
+    /// scripts also touch keys they do not declare (buckets named by the
+    /// time), which during a migration may already be on the other master
+    /// or not yet, and a script that meets one fails half-way, its earlier
+    /// writes kept. With a declared key always missing, the source answers
+    /// `TRYAGAIN` (some keys here, some not) or `ASK`, and the target,
+    /// asked, `TRYAGAIN` (several keys, one missing): a 503 and a retry
+    /// once the slot has moved, never a half-applied script.
+    pub fn campaign_absent(&self, id: CampaignId) -> String {
+        format!("{}:nx", self.campaign_base(id))
+    }
+
     /// The campaign's step-2 marker hash for chunks created in `minute`.
     pub fn campaign_markers(&self, id: CampaignId, minute: u64) -> String {
         format!("{}:k:{minute}", self.campaign_base(id))
@@ -193,6 +207,10 @@ mod tests {
         assert_eq!(
             slot(totals.as_bytes()),
             slot(keys.campaign_markers(id, 5).as_bytes())
+        );
+        assert_eq!(
+            slot(totals.as_bytes()),
+            slot(keys.campaign_absent(id).as_bytes())
         );
     }
 

@@ -45,6 +45,22 @@
 //! long) is dropped with an error log, because its step-2 markers expire and
 //! replaying could then count twice; those impressions stay uncounted.
 //!
+//! # Failover
+//!
+//! * **Replica acknowledgements.** With `REDIS_MIN_REPLICAS_ACK = n > 0`, a
+//!   chunk (and a campaign creation) is acknowledged only once `WAIT n`
+//!   says `n` replicas of every master it wrote to hold its writes; fewer
+//!   within `REDIS_REPLICA_ACK_TIMEOUT` is a 503 (the writes stay on the
+//!   master: the client's retry is a duplicate, or counted if a failover
+//!   lost them). So a failover to an acknowledging replica loses nothing
+//!   acknowledged. Redis replication stays asynchronous: an unacknowledged
+//!   chunk may still be lost, or (on a cluster, one master's half of it)
+//!   counted but its dedup entry lost, and then counted again if retried.
+//! * **Stuck connections, new masters** (`link.rs`): a connection failing
+//!   for seconds is replaced by a new one (a fresh cluster slot map), and
+//!   under Sentinel the node connects to whichever master the sentinels
+//!   name.
+//!
 //! # Campaigns
 //!
 //! One sorted set in id order, cached on the node (see `campaigns.rs`).
@@ -52,6 +68,7 @@
 mod campaigns;
 mod conn;
 pub mod keys;
+mod link;
 mod track;
 
 use std::collections::HashMap;
@@ -69,19 +86,51 @@ use redis::{Script, Value};
 use self::campaigns::{Cached, CampaignCache};
 use self::conn::{Conn, bounded};
 use self::keys::KeySpace;
-use super::{HashSecret, Store, StoreError, StoreGauges};
+use self::link::{Healer, Link, Target};
+use super::{BackendGauges, HashSecret, Store, StoreError, StoreGauges};
 use crate::telemetry::chain;
 
 /// Where the Redis backend connects, and its key prefix.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RedisOptions {
     /// One node (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
     pub url: Option<String>,
     /// Redis Cluster seed nodes; when given, `url` is not used.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel addresses (`host:port` or URLs, with the sentinels'
+    /// password if they need one); when given, the master is the one they
+    /// name [`sentinel_master`](Self::sentinel_master), and `url` only
+    /// gives the scheme, credentials and database to use with it.
+    pub sentinels: Vec<String>,
+    /// The master name the sentinels monitor.
+    pub sentinel_master: Option<String>,
     /// Prefix of every key written (no `{` or `}`).
     pub prefix: String,
+    /// Replicas that must hold a chunk's writes before it is acknowledged
+    /// (Redis `WAIT`); 0 acknowledges once the master has them.
+    pub min_replicas_ack: u32,
+    /// How long to wait for those replicas before answering 503.
+    pub replica_ack_timeout: Duration,
 }
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: None,
+            cluster_nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            prefix: String::new(),
+            min_replicas_ack: 0,
+            // Never 0: `WAIT n 0` would block for good.
+            replica_ack_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The longest [`RedisOptions::replica_ack_timeout`]: a `WAIT` must end well
+/// within the reply timeout of the connection it blocks.
+pub const MAX_REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Extra life given to dedup entries beyond `L + TTL + max lateness`, for
 /// clock differences between nodes and Redis.
@@ -184,7 +233,14 @@ pub enum Fault {
 /// State shared by every handler and worker of a node; nothing in it is
 /// needed for correctness across nodes except what is in Redis.
 pub struct RedisStore {
-    conn: Conn,
+    link: Arc<Link>,
+    /// Replaces a stuck connection, follows a new master (see `link.rs`).
+    _healer: Healer,
+    /// Replicas every chunk must reach, and how long to wait for them.
+    min_replicas_ack: u32,
+    replica_ack_timeout: Duration,
+    /// Chunks answered 503 because too few replicas acknowledged them.
+    ack_refusals: AtomicU64,
     keys: KeySpace,
     rules: Rules,
     scripts: Scripts,
@@ -217,17 +273,48 @@ impl RedisStore {
             // means one is installed already.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let conn = match (nodes.is_empty(), url) {
-            (false, _) => Conn::cluster(&nodes).await?,
-            (true, Some(url)) => Conn::single(&url).await?,
-            (true, None) => {
+        let sentinels: Vec<String> = options
+            .sentinels
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let target = match (nodes.is_empty(), sentinels.is_empty(), url) {
+            (false, _, _) => Target::Cluster(nodes),
+            (true, false, url) => Target::Sentinel {
+                sentinels,
+                master: options
+                    .sentinel_master
+                    .clone()
+                    .filter(|m| !m.trim().is_empty())
+                    .ok_or_else(|| {
+                        StoreError::internal("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER")
+                    })?,
+                url: url.unwrap_or_else(|| "redis://".into()),
+            },
+            (true, true, Some(url)) => Target::Url(url),
+            (true, true, None) => {
                 return Err(StoreError::internal(
-                    "STORAGE=redis needs REDIS_URL or REDIS_CLUSTER_NODES",
+                    "STORAGE=redis needs REDIS_URL or REDIS_CLUSTER_NODES (or REDIS_SENTINELS)",
                 ));
             }
         };
+        if options.replica_ack_timeout.is_zero()
+            || options.replica_ack_timeout > MAX_REPLICA_ACK_TIMEOUT
+        {
+            return Err(StoreError::internal(format!(
+                "REDIS_REPLICA_ACK_TIMEOUT must be more than 0 and at most {} s",
+                MAX_REPLICA_ACK_TIMEOUT.as_secs()
+            )));
+        }
+        let link = Arc::new(Link::open(target).await?);
         let store = RedisStore {
-            conn,
+            _healer: Link::spawn_healer(&link),
+            link,
+            min_replicas_ack: options.min_replicas_ack,
+            replica_ack_timeout: options.replica_ack_timeout,
+            ack_refusals: AtomicU64::new(0),
             keys,
             rules: Rules::new(engine),
             scripts: Scripts::new(),
@@ -246,7 +333,34 @@ impl RedisStore {
 
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        self.conn.is_cluster()
+        self.link.is_cluster()
+    }
+
+    /// The current connection.
+    fn conn(&self) -> Conn {
+        self.link.conn()
+    }
+
+    /// Waits until [`RedisOptions::min_replicas_ack`] replicas of each master
+    /// of `slots` (a single node: of the master) hold what this node wrote
+    /// there; `503` if they do not in time.
+    async fn wait_for_replicas(&self, slots: &[u16]) -> Result<(), StoreError> {
+        if self.min_replicas_ack == 0 {
+            return Ok(());
+        }
+        let acks = self
+            .conn()
+            .wait_replicas(slots, self.min_replicas_ack, self.replica_ack_timeout)
+            .await?;
+        if acks < u64::from(self.min_replicas_ack) {
+            self.ack_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::unavailable(format!(
+                "only {acks} of the {} Redis replicas required acknowledged the writes within {} ms",
+                self.min_replicas_ack,
+                self.replica_ack_timeout.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     /// Makes every following chunk fail at a point between the cluster
@@ -281,7 +395,7 @@ impl RedisStore {
                 .arg("LIMIT")
                 .arg(0)
                 .arg(1)
-                .query_async(&mut self.conn.clone()),
+                .query_async(&mut self.conn()),
         )
         .await?;
         match found.first() {
@@ -301,7 +415,7 @@ impl RedisStore {
         let count = bounded(
             redis::cmd("ZCARD")
                 .arg(self.keys.campaigns())
-                .query_async::<u64>(&mut self.conn.clone()),
+                .query_async::<u64>(&mut self.conn()),
         )
         .await;
         match count {
@@ -321,9 +435,10 @@ impl RedisStore {
             self.scripts
                 .stats
                 .key(self.keys.campaign_totals(id))
+                .key(self.keys.campaign_absent(id))
                 .arg(now.as_secs())
                 .arg(mode)
-                .invoke_async(&mut self.conn.clone()),
+                .invoke_async(&mut self.conn()),
         )
         .await
     }
@@ -394,12 +509,14 @@ impl Store for RedisStore {
                 .key(self.keys.campaigns())
                 .arg(campaign.id.to_string())
                 .arg(campaigns::encode(&campaign))
-                .invoke_async(&mut self.conn.clone()),
+                .invoke_async(&mut self.conn()),
         )
         .await?;
         if added == 0 {
             return Err(StoreError::CampaignExists(campaign.id));
         }
+        self.wait_for_replicas(&[keys::slot(self.keys.campaigns().as_bytes())])
+            .await?;
         let campaign = Arc::new(campaign);
         self.campaigns.found(Arc::clone(&campaign));
         self.campaign_count.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +540,7 @@ impl Store for RedisStore {
                 .arg("LIMIT")
                 .arg(0)
                 .arg(limit)
-                .query_async(&mut self.conn.clone()),
+                .query_async(&mut self.conn()),
         )
         .await?;
         members
@@ -517,11 +634,12 @@ impl Store for RedisStore {
             self.scripts
                 .series
                 .key(self.keys.campaign_totals(id))
+                .key(self.keys.campaign_absent(id))
                 .arg(kind)
                 .arg(first)
                 .arg(count)
                 .arg(metric_arg(metric))
-                .invoke_async(&mut self.conn.clone()),
+                .invoke_async(&mut self.conn()),
         )
         .await?;
         if series.len() != count {
@@ -545,6 +663,7 @@ impl Store for RedisStore {
         }
         let mut call = self.scripts.range.prepare_invoke();
         call.key(self.keys.campaign_totals(id))
+            .key(self.keys.campaign_absent(id))
             .arg(metric_arg(metric))
             .arg(now.as_secs())
             .arg(self.rules.keep_hours)
@@ -553,7 +672,7 @@ impl Store for RedisStore {
         for &(from, to) in ranges {
             call.arg(from).arg(to);
         }
-        let counts: Vec<u64> = bounded(call.invoke_async(&mut self.conn.clone())).await?;
+        let counts: Vec<u64> = bounded(call.invoke_async(&mut self.conn())).await?;
         if counts.len() != ranges.len() {
             return Err(StoreError::internal(format!(
                 "Redis answered {} counts for {} ranges",
@@ -566,7 +685,7 @@ impl Store for RedisStore {
 
     async fn check_ready(&self) -> Result<(), StoreError> {
         // On a cluster, PING goes to every master and must succeed on all.
-        bounded(redis::cmd("PING").query_async::<Value>(&mut self.conn.clone())).await?;
+        bounded(redis::cmd("PING").query_async::<Value>(&mut self.conn())).await?;
         Ok(())
     }
 
@@ -604,15 +723,11 @@ impl Store for RedisStore {
                 .arg(&key)
                 .arg(fresh.to_hex())
                 .arg("NX")
-                .query_async::<Value>(&mut self.conn.clone()),
+                .query_async::<Value>(&mut self.conn()),
         )
         .await?;
-        let kept: Option<String> = bounded(
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut self.conn.clone()),
-        )
-        .await?;
+        let kept: Option<String> =
+            bounded(redis::cmd("GET").arg(&key).query_async(&mut self.conn())).await?;
         kept.as_deref()
             .and_then(HashSecret::from_hex)
             .ok_or_else(|| {
@@ -632,11 +747,18 @@ impl Store for RedisStore {
     }
 
     fn gauges(&self) -> StoreGauges {
+        let state = self.link.state();
         StoreGauges {
             // Dedup entries are Redis keys with their own expiry; counting
             // them would mean scanning. Redis's INFO keyspace has them.
             live_dedup_keys: 0,
             campaigns: self.campaign_count.load(Ordering::Relaxed),
+            backend: Some(BackendGauges {
+                masters_up: state.masters_up,
+                reconnects: state.reconnects,
+                failovers: state.failovers,
+                replica_ack_refusals: self.ack_refusals.load(Ordering::Relaxed),
+            }),
         }
     }
 }

@@ -14,7 +14,7 @@ use impression_core::{
 use serde::Deserialize;
 
 use super::conn::bounded;
-use super::keys::{DEDUP_BUCKETS, KeySpace};
+use super::keys::{DEDUP_BUCKETS, KeySpace, slot};
 use super::{
     DEDUP_SLACK, MARKER_TTL, MAX_SCRIPT_ITEMS, REPLAY_MAX_AGE, RedisStore, WINDOW_SLACK, group_by,
     wall_ms,
@@ -136,8 +136,10 @@ impl RedisStore {
                 .arg(imp.user_id.as_str())
                 .arg(signed_hash(imp));
         }
-        let decided: Vec<u8> = bounded(call.invoke_async(&mut self.conn.clone())).await?;
-        decisions(&decided, piece.len())
+        let decided: Vec<u8> = bounded(call.invoke_async(&mut self.conn())).await?;
+        let decided = decisions(&decided, piece.len())?;
+        self.wait_for_replicas(&[]).await?;
+        Ok(decided)
     }
 
     /// A cluster: step 1 per dedup bucket, step 2 per campaign, step 3
@@ -179,7 +181,7 @@ impl RedisStore {
                     .arg(imp.user_id.as_str())
                     .arg(signed_hash(imp));
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             async move { bounded(call.invoke_async::<Vec<u8>>(&mut conn)).await }
         });
         let mut counted = vec![false; piece.len()];
@@ -217,7 +219,8 @@ impl RedisStore {
             let id = ids[*campaign];
             let mut call = self.scripts.count.prepare_invoke();
             call.key(self.keys.campaign_totals(id))
-                .key(self.keys.campaign_markers(id, slice));
+                .key(self.keys.campaign_markers(id, slice))
+                .key(self.keys.campaign_absent(id));
             self.count_args(&mut call, now.as_millis(), &chunk, "*", items.len());
             for p in items {
                 let imp = &batch[p.index];
@@ -227,7 +230,7 @@ impl RedisStore {
                     .arg(imp.user_id.as_str())
                     .arg(signed_hash(imp));
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             async move { bounded(call.invoke_async::<u64>(&mut conn)).await }
         });
         for result in join_all(calls).await {
@@ -238,10 +241,26 @@ impl RedisStore {
         #[cfg(feature = "test-hooks")]
         self.injected(super::Fault::AfterCount)?;
 
+        // Replicas hold steps 1 and 2 before the chunk is acknowledged (if
+        // REDIS_MIN_REPLICAS_ACK asks): every slot written, each waited on
+        // at its master. A refusal leaves the journal for the replay.
+        let mut slots: Vec<u16> = by_bucket
+            .iter()
+            .map(|(bucket, _)| slot(self.keys.journal(*bucket).as_bytes()))
+            .chain(
+                by_campaign
+                    .iter()
+                    .map(|(c, _)| slot(self.keys.campaign_totals(ids[*c]).as_bytes())),
+            )
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        self.wait_for_replicas(&slots).await?;
+
         // Step 3: clear the journal. A failure here is harmless: a replay
         // finds the markers set and only deletes the entries.
         let calls = journaled.iter().map(|bucket| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let cmd = redis::cmd("HDEL")
                 .arg(self.keys.journal(*bucket))
                 .arg(&chunk)
@@ -285,7 +304,7 @@ impl RedisStore {
             return Ok(0);
         }
         let scans = (0..DEDUP_BUCKETS).map(|bucket| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let cmd = redis::cmd("HSCAN")
                 .arg(self.keys.journal(bucket))
                 .arg(0)
@@ -337,7 +356,7 @@ impl RedisStore {
                 redis::cmd("HDEL")
                     .arg(&journal)
                     .arg(chunk)
-                    .query_async::<u64>(&mut self.conn.clone()),
+                    .query_async::<u64>(&mut self.conn()),
             )
             .await
         };
@@ -379,12 +398,13 @@ impl RedisStore {
             };
             let mut call = self.scripts.count.prepare_invoke();
             call.key(self.keys.campaign_totals(id))
-                .key(self.keys.campaign_markers(id, slice));
+                .key(self.keys.campaign_markers(id, slice))
+                .key(self.keys.campaign_absent(id));
             self.count_args(&mut call, now_ms, &chunk_text, "r", items.len());
             for (_, ad, t, user, hash) in items {
                 call.arg(bucket).arg(ad).arg(t).arg(user).arg(hash);
             }
-            bounded(call.invoke_async::<u64>(&mut self.conn.clone())).await?;
+            bounded(call.invoke_async::<u64>(&mut self.conn())).await?;
         }
         delete().await?;
         tracing::info!(%bucket, chunk = %chunk_text, impressions = entry.it.len(), "replayed a journal entry");

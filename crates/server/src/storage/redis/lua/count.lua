@@ -6,7 +6,8 @@
 -- buckets' impressions were already counted ("*" = all of them), so a replay
 -- from the journal after a crash or a lost reply never counts twice.
 --
--- KEYS: the campaign's ":tot" hash, its marker hash for the chunk's minute.
+-- KEYS: the campaign's ":tot" hash, its marker hash for the chunk's minute,
+-- and a key never written (see `KeySpace::campaign_absent`).
 -- ARGV: now_ms, window_slack_s, history_hours, max_ads, keep_hours, chunk
 --       id, marker_ttl_ms, mode ("*" = every bucket of the chunk is here,
 --       "r" = a replay of some), n, then n times: bucket, ad id, t_ms, user

@@ -2,7 +2,8 @@
 -- range: a campaign's counts over UTC ranges [from, to) of whole quarter
 -- hours (local days and hours in any time zone), as Engine::range_counts.
 --
--- KEYS: the campaign's ":tot" hash.
+-- KEYS: the campaign's ":tot" hash, and a key never written (see
+-- `KeySpace::campaign_absent`).
 -- ARGV: metric ("i" impressions, "u" unique users), now_s, keep_hours (of
 --       quarter-hour counts), history_hours (of hour sketches), n, then n
 --       times from, to (Unix seconds).

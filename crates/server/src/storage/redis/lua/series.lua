@@ -2,7 +2,8 @@
 -- series: a campaign's counts per second, minute or hour, from the same
 -- buckets as the windows (so they always agree).
 --
--- KEYS: the campaign's ":tot" hash.
+-- KEYS: the campaign's ":tot" hash, and a key never written (see
+-- `KeySpace::campaign_absent`).
 -- ARGV: resolution ("s", "m" or "h"), first bucket, count, metric ("i"
 --       impressions, "u" unique users: per minute or hour, each at most the
 --       bucket's impressions; per second there are no sketches: zeros).

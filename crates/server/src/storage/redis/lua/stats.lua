@@ -2,7 +2,8 @@
 -- stats: a campaign's windows and totals, read in one atomic step so the
 -- numbers are one snapshot (per ad, they add up to the campaign's).
 --
--- KEYS: the campaign's ":tot" hash.
+-- KEYS: the campaign's ":tot" hash, and a key never written (see
+-- `KeySpace::campaign_absent`).
 -- ARGV: now_s, mode ("a": the campaign only; "ads": also every ad and
 --       "other").
 -- Returns, for "a": the campaign's six numbers (below); for "ads":
