@@ -32,16 +32,15 @@
 //! A Redis mirror keeps per sketch a `SET` of the hashes while it is exact
 //! (members as signed decimal 64-bit integers, so Redis 7.0 keeps it as a
 //! compact intset: 128 is under `set-max-intset-entries`, 512), a mark once
-//! it is not (the set deleted and a flag key set, so an absent set still
-//! means "exact and empty"), and an HLL key that receives `PFADD key
-//! user_id` for every insert, whatever the mode. The Lua union is then:
-//! if no part is flagged and `#SUNION(sets) <= 128`, that size; else
-//! `PFCOUNT hll1 … hlln`. Inserting: `PFADD`, and if not flagged, `SADD`;
-//! when `SCARD` passes 128, `DEL` the set and set the flag. Merging
-//! (e.g. minutes into an hour): `PFMERGE` the HLLs; if no input nor the
-//! target is flagged, `SUNIONSTORE` the sets and flag past 128, else flag
-//! the target and drop its set. (`tests/redis_hll.rs` runs the insert and
-//! count scripts against `redis-server` and compares.)
+//! it is not, and an HLL key that receives `PFADD key user_id` for every
+//! insert, whatever the mode. The Lua union is then: if no part is marked
+//! and `#SUNION(sets) <= 128`, that size; else `PFCOUNT hll1 … hlln`.
+//! Inserting: `PFADD`, and if not marked, `SADD`; when `SCARD` passes 128,
+//! replace the set by the mark. `tests/redis_hll.rs` runs that rule with a
+//! separate flag key as the mark against `redis-server` and compares; the
+//! Redis backend (`crates/server/src/storage/redis/lua/common.lua`) marks
+//! with a set holding only `x`, which is not a decimal integer and so
+//! never a hash, and `SUNION` then holds `x` too.
 //!
 //! # Why 128
 //!
