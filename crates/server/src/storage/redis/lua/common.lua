@@ -113,83 +113,79 @@ local function record(tally, base, k, sec, n, ctx)
   tally_add(tally, base .. ':tot', k, n, nil)
 end
 
--- Adds a user (id and hash) to the sketch at key, written at the flush.
-local function user_add(tally, key, id, hash, ttl_s)
-  local s = tally.users[key]
-  if not s then
-    s = { ids = {}, hashes = {}, ttl = ttl_s }
-    tally.users[key] = s
-  end
-  local n = #s.ids + 1
-  s.ids[n] = id
-  s.hashes[n] = hash
-end
-
 -- UniqueCounter::record for counter k of the campaign at base: the user
 -- goes into the sketches of its minute (while within the last day), its
--- hour (while within the history) and the total. The key names of a
--- counter's current minute and hour are kept between impressions (building
--- strings is most of a script's own time).
-local function count_user(tally, base, k, sec, id, hash, ctx)
+-- hour (while within the history) and the total. A chunk's users are
+-- gathered per (counter, minute), one list for all three sketches, and
+-- written at the flush: per impression, two table appends.
+local function count_user(tally, base, k, sec, id, hash)
   local minute = floor(sec / 60)
-  local hour = floor(minute / 60)
   local per_base = tally.ukeys[base]
   if not per_base then
     per_base = {}
     tally.ukeys[base] = per_base
   end
-  local names = per_base[k]
-  if not names then
-    local prefix = base .. ':' .. k
-    names = { prefix = prefix, total = prefix .. ':ut' }
-    per_base[k] = names
+  local groups = per_base[k]
+  if not groups then
+    groups = {}
+    per_base[k] = groups
   end
-  if minute + 1440 >= ctx.now_min then
-    if names.minute ~= minute then
-      names.minute = minute
-      names.mkey = names.prefix .. ':um:' .. int(minute)
-    end
-    user_add(tally, names.mkey, id, hash, (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
-    local top = tally.maxu[base]
-    if not top or minute > top then
-      tally.maxu[base] = minute
-    end
+  local g = groups[minute]
+  if not g then
+    g = { base = base, k = k, minute = minute, ids = {}, hashes = {} }
+    groups[minute] = g
+    tally.users[#tally.users + 1] = g
   end
-  if hour + ctx.history > ctx.now_hour then
-    if names.hour ~= hour then
-      names.hour = hour
-      names.hkey = names.prefix .. ':uh:' .. int(hour)
-    end
-    user_add(tally, names.hkey, id, hash, (hour + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
-  end
-  user_add(tally, names.total, id, hash, nil)
+  local n = #g.ids + 1
+  g.ids[n] = id
+  g.hashes[n] = hash
 end
 
--- Writes the users gathered for each sketch: one PFADD and (while exact)
--- one SADD per sketch and chunk, whatever the number of users.
-local function users_flush(tally)
-  for key, s in pairs(tally.users) do
-    local set, hll = key .. ':s', key .. ':p'
-    redis.call('PFADD', hll, unpack(s.ids))
-    local promoted = false
-    if redis.call('SISMEMBER', set, 'x') == 0 then
-      if redis.call('SADD', set, unpack(s.hashes)) > 0 and redis.call('SCARD', set) > 128 then
-        -- Past the exact threshold for good: the HLL answers from now on.
-        redis.call('DEL', set)
-        redis.call('SADD', set, 'x')
-        promoted = true
+-- Adds users to the sketch at key: one PFADD and (while exact) one SADD,
+-- whatever their number. ttl_s: the sketch's expiry (nil: none).
+local function sketch_write(key, ids, hashes, ttl_s)
+  local set, hll = key .. ':s', key .. ':p'
+  redis.call('PFADD', hll, unpack(ids))
+  local promoted = false
+  if redis.call('SISMEMBER', set, 'x') == 0 then
+    if redis.call('SADD', set, unpack(hashes)) > 0 and redis.call('SCARD', set) > 128 then
+      -- Past the exact threshold for good: the HLL answers from now on.
+      redis.call('DEL', set)
+      redis.call('SADD', set, 'x')
+      promoted = true
+    end
+  end
+  if ttl_s then
+    -- A sketch's expiry depends on its key alone: set once, when its HLL
+    -- is new (the set is made in the same call), or again for a set that
+    -- was just replaced.
+    if ttl_s < 1 then ttl_s = 1 end
+    if redis.call('EXPIRE', hll, int(ttl_s), 'NX') == 1 or promoted then
+      redis.call('EXPIRE', set, int(ttl_s), 'NX')
+    end
+  end
+end
+
+-- Writes the users gathered per (counter, minute) to the sketches of that
+-- minute, its hour and the total, under the conditions of count_user.
+local function users_flush(tally, ctx)
+  for _, g in ipairs(tally.users) do
+    local prefix = g.base .. ':' .. g.k
+    local minute = g.minute
+    local hour = floor(minute / 60)
+    if minute + 1440 >= ctx.now_min then
+      sketch_write(prefix .. ':um:' .. int(minute), g.ids, g.hashes,
+        (minute + 1441) * 60 - ctx.now_sec + ctx.slack)
+      local top = tally.maxu[g.base]
+      if not top or minute > top then
+        tally.maxu[g.base] = minute
       end
     end
-    if s.ttl then
-      -- A sketch's expiry depends on its key alone: set once, when its HLL
-      -- is new (the set is made in the same call), or again for a set that
-      -- was just replaced.
-      local ttl = s.ttl
-      if ttl < 1 then ttl = 1 end
-      if redis.call('EXPIRE', hll, int(ttl), 'NX') == 1 or promoted then
-        redis.call('EXPIRE', set, int(ttl), 'NX')
-      end
+    if hour + ctx.history > ctx.now_hour then
+      sketch_write(prefix .. ':uh:' .. int(hour), g.ids, g.hashes,
+        (hour + ctx.history) * 3600 - ctx.now_sec + ctx.slack)
     end
+    sketch_write(prefix .. ':ut', g.ids, g.hashes, nil)
   end
   for base, minute in pairs(tally.maxu) do
     local current = tonumber(redis.call('HGET', base .. ':tot', 'mu'))
@@ -283,7 +279,7 @@ local function tally_flush(tally, ctx)
       redis.call('HSET', base .. ':tot', 'mh', int(hour))
     end
   end
-  users_flush(tally)
+  users_flush(tally, ctx)
 end
 
 -- The counter of an ad: its own while fewer than max_ads ads have one,
@@ -321,8 +317,8 @@ local function count(tally, base, ad, t_ms, id, hash, ctx, memo)
   local k = counter_of(base, ad, ctx, memo)
   tally_count(tally, base, 'a', sec)
   tally_count(tally, base, k, sec)
-  count_user(tally, base, 'a', sec, id, hash, ctx)
-  count_user(tally, base, k, sec, id, hash, ctx)
+  count_user(tally, base, 'a', sec, id, hash)
+  count_user(tally, base, k, sec, id, hash)
 end
 
 -- DedupRule::decide for n impressions whose dedup keys are keys[from ..
