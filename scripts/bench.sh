@@ -160,8 +160,8 @@ if [ "$REDIS" = 1 ] && command -v redis-server >/dev/null 2>&1 && command -v red
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RDIR/$port" \
       --daemonize no "$@" >"$RDIR/$port/log" 2>&1 &
     REDIS_PIDS+=($!)
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "redis-server on $port did not start" >&2; exit 1
+    for _ in $(seq 300); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "redis-server on $port did not start:" >&2; cat "$RDIR/$port/log" >&2; exit 1
   }
   stop_redis() { for pid in "${REDIS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$RDIR"; }
   trap 'stop_server; stop_redis' EXIT
