@@ -147,6 +147,10 @@ backend_test! {
         }
         assert_eq!(seen["total"], 2, "{seen}");
         assert_eq!(seen["ads"]["ad-2"]["total"], 1, "{seen}");
+        // Unique users move with them, on every backend (exact this small).
+        assert_eq!(seen["unique_users"]["total"], 2, "{seen}");
+        assert_eq!(seen["unique_users"]["last_hour"], 2, "{seen}");
+        assert_eq!(seen["ads"]["ad-2"]["unique_users"]["total"], 1, "{seen}");
     }
 }
 
