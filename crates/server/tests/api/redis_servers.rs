@@ -186,24 +186,29 @@ impl Drop for Server {
     }
 }
 
-fn start_cluster() -> Vec<Server> {
-    let servers: Vec<Server> = (0..3)
-        .map(|i| {
-            let node_dir = scratch_dir(&format!("cluster{i}"));
-            let extra = vec![
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-config-file".into(),
-                node_dir.join("nodes.conf").display().to_string(),
-                // An explicit bus port: port + 10000 may not be free.
-                "--cluster-port".into(),
-                free_port().to_string(),
-                "--appendonly".into(),
-                "no".into(),
-            ];
-            Server::start(&node_dir, &extra, true)
-        })
-        .collect();
+/// A cluster-enabled `redis-server` in `dir`, persistence off, with an
+/// explicit bus port (port + 10000 may not be free) and, if given, a
+/// `cluster-node-timeout`.
+fn cluster_node(dir: &std::path::Path, node_timeout_ms: Option<u64>) -> Server {
+    let mut extra: Vec<String> = vec![
+        "--cluster-enabled".into(),
+        "yes".into(),
+        "--cluster-config-file".into(),
+        dir.join("nodes.conf").display().to_string(),
+        "--cluster-port".into(),
+        free_port().to_string(),
+        "--appendonly".into(),
+        "no".into(),
+    ];
+    if let Some(ms) = node_timeout_ms {
+        extra.extend(["--cluster-node-timeout".into(), ms.to_string()]);
+    }
+    Server::start(dir, &extra, true)
+}
+
+/// `redis-cli --cluster create` over `servers` (the first 3 are masters),
+/// each master with `replicas` replicas.
+fn create_cluster(servers: &[Server], replicas: usize) {
     let addresses: Vec<String> = servers
         .iter()
         .map(|s| format!("127.0.0.1:{}", s.port))
@@ -212,7 +217,7 @@ fn start_cluster() -> Vec<Server> {
         .arg("--cluster")
         .arg("create")
         .args(&addresses)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .output()
         .expect("redis-cli runs (it comes with redis-server)");
     assert!(
@@ -221,6 +226,13 @@ fn start_cluster() -> Vec<Server> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+fn start_cluster() -> Vec<Server> {
+    let servers: Vec<Server> = (0..3)
+        .map(|i| cluster_node(&scratch_dir(&format!("cluster{i}")), None))
+        .collect();
+    create_cluster(&servers, 0);
     // Every node must see the whole cluster as ok before clients use it.
     let deadline = Instant::now() + Duration::from_secs(20);
     for server in &servers {
@@ -374,40 +386,9 @@ impl ReplicatedCluster {
     /// 3 are its masters) and waits until every replica is in sync.
     pub fn start(replicas: usize, node_timeout_ms: u64) -> ReplicatedCluster {
         let servers: Vec<Server> = (0..3 * (1 + replicas))
-            .map(|_| {
-                let dir = own_dir("replicated");
-                let extra = vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    dir.join("nodes.conf").display().to_string(),
-                    "--cluster-port".into(),
-                    free_port().to_string(),
-                    "--cluster-node-timeout".into(),
-                    node_timeout_ms.to_string(),
-                    "--appendonly".into(),
-                    "no".into(),
-                ];
-                Server::start(&dir, &extra, true)
-            })
+            .map(|_| cluster_node(&own_dir("replicated"), Some(node_timeout_ms)))
             .collect();
-        let addresses: Vec<String> = servers
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let output = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .expect("redis-cli runs (it comes with redis-server)");
-        assert!(
-            output.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        create_cluster(&servers, replicas);
         let cluster = ReplicatedCluster {
             servers: servers.into_iter().map(Some).collect(),
         };
