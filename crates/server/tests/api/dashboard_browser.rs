@@ -421,7 +421,17 @@ async fn the_pages_fit_a_phone_screen() {
     for path in ["/dashboard".to_owned(), format!("/dashboard/campaigns/{c}")] {
         browser.goto(&app.url(&path)).await;
         browser.find("#content:not([hidden])").await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Measured once the counts are in (the widest content).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !browser
+            .eval("return document.body.innerText.includes('12,345')")
+            .await
+            .as_bool()
+            .unwrap_or(false)
+        {
+            assert!(std::time::Instant::now() < deadline, "{path}: no counts");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let width = browser
             .eval("return document.documentElement.scrollWidth")
             .await;
@@ -436,7 +446,15 @@ async fn the_pages_fit_a_phone_screen() {
             json!({ "width": 375, "height": 2600, "deviceScaleFactor": 1, "mobile": false }),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Shot once the page has laid itself out at the new height.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while browser.eval("return window.innerHeight").await.as_u64() != Some(2600) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the viewport did not grow"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     browser.screenshot("dashboard-campaign-375px-whole").await;
     browser.close().await;
 }
