@@ -71,6 +71,10 @@ use super::murmur::{REDIS_HLL_SEED, murmur64a};
 use super::nibble::Nibble;
 use super::sparse::{self, SetOutcome, Sparse};
 
+/// Fewest held-back inserts worth sorting and merging into the sparse
+/// array in one pass rather than one at a time.
+const SPARSE_BULK_MIN: usize = 16;
+
 /// Bits of the hash that select a register.
 pub const P: u32 = 14;
 /// Number of registers.
@@ -247,11 +251,71 @@ impl Hll {
                     self.insert_hash(full);
                     rest = &rest[done + 1..];
                 }
+                Repr::Sparse(sparse) if rest.len() >= SPARSE_BULK_MIN => {
+                    // One insert into the sparse array moves the entries
+                    // after it (kilobytes once it holds a few thousand);
+                    // sorted together, the inserts cost one pass over it.
+                    let mut updates: Vec<u32> = rest
+                        .iter()
+                        .map(|&h| {
+                            let (index, rank) = pattern(h);
+                            sparse::pack(index, rank)
+                        })
+                        .collect();
+                    updates.sort_unstable();
+                    // Sorted by value within an index: the last of a run is
+                    // its largest.
+                    updates.dedup_by(|later, kept| {
+                        let same = *later >> 8 == *kept >> 8;
+                        if same {
+                            *kept = *later;
+                        }
+                        same
+                    });
+                    if sparse.set_max_sorted(&updates) == SetOutcome::Full {
+                        // Rare: past the sparse form, as in `set_max`.
+                        let mut raw = RawRegisters::new();
+                        raw.merge(self);
+                        for &u in &updates {
+                            let (index, value) = sparse::unpack(u);
+                            let r = &mut raw.registers[index];
+                            *r = (*r).max(value);
+                        }
+                        self.repr = Repr::from_raw(&raw.registers);
+                    }
+                    return;
+                }
                 Repr::Sparse(_) => {
                     self.insert_hash(first);
                     rest = tail;
                 }
             }
+        }
+    }
+
+    /// Register-wise maximum of the sparse registers with `entries` (an
+    /// index-sorted list without repeats, made again by each call): sparse
+    /// again if the union fits, else the next form that holds it.
+    fn merge_sorted_into_sparse<I: Iterator<Item = (usize, u8)>>(
+        &mut self,
+        entries: impl Fn() -> I,
+    ) {
+        let Repr::Sparse(sparse) = &mut self.repr else {
+            return;
+        };
+        // Counted first so the array is allocated once, exactly.
+        let len = merge_sorted(sparse.iter(), entries()).count();
+        if len <= sparse::MAX_ENTRIES {
+            let merged = Sparse::from_sorted(merge_sorted(sparse.iter(), entries()), len);
+            *sparse = merged;
+        } else {
+            let mut raw = RawRegisters::new();
+            sparse.max_into(&mut raw.registers);
+            for (index, value) in entries() {
+                let r = &mut raw.registers[index];
+                *r = (*r).max(value);
+            }
+            self.repr = Repr::from_raw(&raw.registers);
         }
     }
 
@@ -338,18 +402,7 @@ impl Hll {
         match (&mut self.repr, &other.repr) {
             (_, Repr::Sparse(o)) if o.len() == 0 => {}
             (Repr::Dense(dense), Repr::Dense(o)) => dense.max_from(o),
-            (Repr::Sparse(sparse), Repr::Sparse(o)) => {
-                let union = merge_sorted(sparse.iter(), o.iter());
-                if union.len() <= sparse::MAX_ENTRIES {
-                    *sparse = Sparse::from_sorted(union.iter().copied(), union.len());
-                } else {
-                    let mut raw = RawRegisters::new();
-                    for (index, value) in union {
-                        raw.registers[index] = value;
-                    }
-                    self.repr = Repr::from_raw(&raw.registers);
-                }
-            }
+            (Repr::Sparse(_), Repr::Sparse(o)) => self.merge_sorted_into_sparse(|| o.iter()),
             (_, Repr::Sparse(o)) => {
                 for (index, value) in o.iter() {
                     self.set_max(index, value);
@@ -425,33 +478,29 @@ impl Hll {
     }
 }
 
-/// Union of two index-sorted register lists, the larger value on a tie.
+/// Union of two index-sorted register lists, the larger value on a tie,
+/// as it goes (no allocation).
 fn merge_sorted(
     a: impl Iterator<Item = (usize, u8)>,
     b: impl Iterator<Item = (usize, u8)>,
-) -> Vec<(usize, u8)> {
-    let mut out = Vec::new();
+) -> impl Iterator<Item = (usize, u8)> {
     let (mut a, mut b) = (a.peekable(), b.peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (Some(&(ia, va)), Some(&(ib, vb))) => {
-                if ia < ib {
-                    a.next()
-                } else if ib < ia {
-                    b.next()
-                } else {
-                    a.next();
-                    b.next();
-                    Some((ia, va.max(vb)))
-                }
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (None, None) => None,
+        (Some(_), None) => a.next(),
+        (None, Some(_)) => b.next(),
+        (Some(&(ia, va)), Some(&(ib, vb))) => {
+            if ia < ib {
+                a.next()
+            } else if ib < ia {
+                b.next()
+            } else {
+                a.next();
+                b.next();
+                Some((ia, va.max(vb)))
             }
-        };
-        out.extend(next);
-    }
-    out
+        }
+    })
 }
 
 /// Appends the sparse opcodes for these index-sorted non-zero registers;

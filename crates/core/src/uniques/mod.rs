@@ -384,14 +384,26 @@ mod tests {
             } else {
                 UniqueSketch::new()
             };
+            // Every user twice, some within one bulk insert: repeats and
+            // equal registers within a sort must keep the larger value.
+            let twice: Vec<u64> = hashes
+                .iter()
+                .zip(hashes.iter().skip(5).chain(&hashes))
+                .flat_map(|(&a, &b)| [a, b])
+                .collect();
             let mut bulk = one.clone();
-            for &h in &hashes {
+            let mut bulk_small = one.clone();
+            for &h in &twice {
                 one.insert_hash(h);
             }
-            for chunk in hashes.chunks(256) {
+            for chunk in twice.chunks(256) {
                 bulk.insert_hashes(chunk);
             }
+            for chunk in twice.chunks(17) {
+                bulk_small.insert_hashes(chunk);
+            }
             assert_eq!(bulk, one, "{n}");
+            assert_eq!(bulk_small, one, "{n}");
         }
     }
 

@@ -67,23 +67,24 @@ impl QuarterCounter {
             reason = "a second of the hour over 900: 0..=3"
         )]
         let quarter = (secs % 3600 / QUARTER_SECS) as usize;
+        // The common case, the newest hour: no search, no growth.
+        if let Some(last) = self.hours.back_mut()
+            && last.hour == hour
+        {
+            last.counts[quarter] = last.counts[quarter].saturating_add(1);
+            return 0;
+        }
         let before = self.heap_bytes();
-        let at = match self.hours.back() {
-            Some(last) if last.hour == hour => self.hours.len() - 1,
-            _ => {
-                let i = self.hours.partition_point(|h| h.hour < hour);
-                if self.hours.get(i).is_none_or(|h| h.hour != hour) {
-                    self.hours.insert(
-                        i,
-                        HourQuarters {
-                            hour,
-                            counts: [0; 4],
-                        },
-                    );
-                }
-                i
-            }
-        };
+        let at = self.hours.partition_point(|h| h.hour < hour);
+        if self.hours.get(at).is_none_or(|h| h.hour != hour) {
+            self.hours.insert(
+                at,
+                HourQuarters {
+                    hour,
+                    counts: [0; 4],
+                },
+            );
+        }
         let count = &mut self.hours[at].counts[quarter];
         *count = count.saturating_add(1);
         super::growth(before, self.heap_bytes())

@@ -167,14 +167,14 @@ impl UniqueCounter {
     /// impression counted at `t`, observed at `now`. Returns the change in
     /// [`UniqueCounter::heap_bytes`].
     pub fn record(&mut self, t: Timestamp, user: u64, now: Timestamp) -> isize {
-        let mut grew = if now.as_secs() / 3600 > self.open_hour {
+        let now_minute = now.as_secs() / 60;
+        let mut grew = if now_minute / 60 > self.open_hour {
             self.close_hours(now)
         } else {
             0
         };
         let minute = t.as_secs() / 60;
         let hour = minute / 60;
-        let now_minute = now.as_secs() / 60;
         // The common case, an impression of the newest minute: held back
         // and put in with the next ones.
         let newest = self.minutes.back().map(|m| u64::from(m.minute));
@@ -183,12 +183,15 @@ impl UniqueCounter {
             && hour >= self.open_hour
             && self.unions.as_ref().is_none_or(|u| minute >= u.minute)
         {
-            let capacity = self.pending.capacity();
+            if self.pending.len() == self.pending.capacity() {
+                let capacity = self.pending.capacity();
+                self.pending.reserve(1);
+                grew += growth(
+                    capacity * size_of::<u64>(),
+                    self.pending.capacity() * size_of::<u64>(),
+                );
+            }
             self.pending.push(user);
-            grew += growth(
-                capacity * size_of::<u64>(),
-                self.pending.capacity() * size_of::<u64>(),
-            );
             if let Some(unions) = &mut self.unions {
                 unions.answer = None;
             }
